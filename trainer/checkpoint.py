@@ -1,0 +1,52 @@
+"""Resumable checkpoints: DeepSpeed's own (weights and optimizer state, every rank) plus the loop
+state the driver owns, in `run_dir/checkpoints/step_<k>/`.
+
+The loop state is the step, the data position (epoch and cursor of the seeded task order) and
+the seed; every random stream of a run is derived from (seed, step, worker), so these numbers
+are the whole RNG state and a resumed run samples exactly what an uninterrupted one would.
+`latest.json` is written last, so a checkpoint cut off half-way is never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+
+LATEST = "latest.json"
+
+
+@dataclass
+class LoopState:
+    step: int
+    data_epoch: int
+    data_cursor: int
+    seed: int
+
+
+def save(learners, directory: Path, state: LoopState) -> Path:
+    """Save every rank's DeepSpeed state, then the loop state, then mark it complete."""
+    tag = f"step_{state.step}"
+    ray.get([learner.save_checkpoint.remote(str(directory), tag) for learner in learners])
+    (directory / tag / "loop_state.json").write_text(json.dumps(asdict(state), indent=2))
+    tmp = directory / f".{LATEST}.tmp"
+    tmp.write_text(json.dumps({"tag": tag, "step": state.step}))
+    os.replace(tmp, directory / LATEST)
+    return directory / tag
+
+
+def latest(directory: Path) -> tuple[str, LoopState] | None:
+    """The newest complete checkpoint under `directory`, if any."""
+    marker = directory / LATEST
+    if not marker.exists():
+        return None
+    tag = json.loads(marker.read_text())["tag"]
+    state = LoopState(**json.loads((directory / tag / "loop_state.json").read_text()))
+    return tag, state
+
+
+def restore(learners, directory: Path, tag: str) -> None:
+    ray.get([learner.load_checkpoint.remote(str(directory), tag) for learner in learners])

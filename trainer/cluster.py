@@ -1,0 +1,109 @@
+"""Ray plumbing for one job: connect, reserve one placement group, start the actors, tear down.
+
+With no `RAY_ADDRESS` a local Ray starts in-process; with it, the job joins that cluster. Each
+actor reserves a fractional CPU share and runs torch on one thread, so a 2-core machine fits two
+rollout workers, two learner ranks and a reward worker without oversubscribing its cores.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from trainer.learner import Learner
+from trainer.reward_worker import RewardWorker
+from trainer.rollout.worker import RolloutWorker
+
+REWARD_WORKER_CPUS = 0.1
+PLACEMENT_TIMEOUT_S = 120
+
+# Quiet, single-threaded actors; the driver's import path so `import_path` rewards resolve there too.
+_ACTOR_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
+}
+
+
+def connect() -> None:
+    """Join `RAY_ADDRESS`, or start a local Ray bound to loopback."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = dict(_ACTOR_ENV, PYTHONPATH=os.pathsep.join([os.getcwd(), *[p for p in sys.path if p]]))
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING")
+        return
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["DS_ACCELERATOR"] = "cpu"
+    except ImportError:
+        pass
+    ray.init(include_dashboard=False, runtime_env={"env_vars": env}, logging_level="WARNING",
+             _node_ip_address="127.0.0.1")
+
+
+@dataclass
+class JobActors:
+    workers: list
+    learners: list
+    rewarder: object
+    pg: object
+
+    def shutdown(self) -> None:
+        for actor in [*self.workers, *self.learners, self.rewarder]:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.pg)
+
+
+def start_actors(spec) -> JobActors:
+    """Reserve the job's placement group and start every actor in it; learners are set up too."""
+    rollout, learner = spec.rollout, spec.learner
+    gpu = 1 if _cluster_has_gpus() else 0
+    bundles = ([{"CPU": rollout.num_cpus, "GPU": gpu} if gpu else {"CPU": rollout.num_cpus}] * rollout.workers
+               + [{"CPU": learner.num_cpus, "GPU": gpu} if gpu else {"CPU": learner.num_cpus}] * learner.ranks
+               + [{"CPU": REWARD_WORKER_CPUS}])
+    pg = placement_group(bundles, strategy="PACK")
+    try:
+        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        need = sum(b["CPU"] for b in bundles)
+        raise RuntimeError(f"the cluster could not place this job within {PLACEMENT_TIMEOUT_S} s: it needs "
+                           f"{need:g} CPUs{f' and {gpu * (len(bundles) - 1)} GPUs' if gpu else ''} "
+                           f"(resources now free: {ray.available_resources()})") from None
+
+    def opts(index: int, cpus: float):
+        return dict(num_cpus=cpus, num_gpus=gpu if index < len(bundles) - 1 else 0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index))
+
+    workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus))
+               .remote(rollout.engine, spec.model.path, spec.model.dtype) for i in range(rollout.workers)]
+    learners = [ray.remote(Learner).options(**opts(rollout.workers + r, learner.num_cpus))
+                .remote(r, learner.ranks) for r in range(learner.ranks)]
+    rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS)).remote(spec.rewards)
+    actors = JobActors(workers, learners, rewarder, pg)
+    try:
+        master = ray.get(learners[0].address.remote())
+        per_rank = spec.rollout.prompts_per_step * spec.algorithm.group_size // learner.ranks
+        ray.get([lr.setup.remote(master, spec.model.path, spec.model.dtype, learner, spec.algorithm,
+                                 rollout.temperature, rollout.max_new_tokens, per_rank) for lr in learners]
+                + [w.__ray_ready__.remote() for w in workers] + [rewarder.names.remote()])
+    except BaseException:
+        actors.shutdown()
+        raise
+    return actors
+
+
+def _cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0

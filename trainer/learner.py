@@ -1,0 +1,203 @@
+"""A DeepSpeed learner rank: one Ray actor per data-parallel rank, together one torch.distributed
+group (gloo on CPU, NCCL on GPU).
+
+Each rank gets an equal share of the step's samples, runs them in micro-batches with DeepSpeed's
+gradient accumulation, and all ranks take one optimizer step. The loss of every micro-batch is
+normalised by the *whole step's* sequence and token counts, then multiplied back by
+world_size × accumulation steps, because DeepSpeed divides by both (averaging gradients over
+ranks, scaling the loss by 1/GAS); the summed gradient is then exactly that of the full-batch
+loss, whichever split the batch had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.algorithms.losses import aggregate, clipped_policy_loss, entropy_from_logits, k3_kl, token_logprobs
+
+
+@dataclass
+class LearnBatch:
+    """One rank's share of a step: token ids, old logprobs and advantages per sample."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    old_logprobs: list[list[float]]
+    advantages: list[float]
+    mask: list[list[bool]]
+    """Which completion tokens count in the loss (False for environment-written or failed samples)."""
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Batch-wide counts every rank normalises by."""
+
+    num_sequences: int
+    num_tokens: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def pad_batch(batch: LearnBatch, start: int, stop: int, pad_id: int):
+    """Right-padded input ids, completion-token mask, old logprobs and advantages for rows [start, stop)."""
+    rows = range(start, stop)
+    seqs = [batch.prompt_ids[i] + batch.completion_ids[i] for i in rows]
+    width = max(map(len, seqs))
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    # Targets are shifted by one: position p predicts token p + 1.
+    loss_mask = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
+    old = torch.zeros((len(seqs), width - 1))
+    for r, i in enumerate(rows):
+        n_p, n_c = len(batch.prompt_ids[i]), len(batch.completion_ids[i])
+        input_ids[r, : n_p + n_c] = torch.tensor(seqs[r])
+        attention[r, : n_p + n_c] = 1
+        loss_mask[r, n_p - 1 : n_p - 1 + n_c] = torch.tensor(batch.mask[i], dtype=torch.bool)
+        old[r, n_p - 1 : n_p - 1 + n_c] = torch.tensor(batch.old_logprobs[i])
+    advantages = torch.tensor(batch.advantages[start:stop])
+    return input_ids, attention, loss_mask, old, advantages
+
+
+class Learner:
+    """Wrapped with `ray.remote` by the loop. Call `address()` on rank 0 first, then `setup()` on all."""
+
+    def __init__(self, rank: int, world_size: int, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.rank, self.world_size = rank, world_size
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master: tuple[str, int], model_path: str, dtype: str, learner, algorithm,
+              temperature: float, max_new_tokens: int, per_rank: int) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.update(MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        on_gpu = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        self.algorithm, self.temperature = algorithm, temperature
+        self.constant = algorithm.loss_constant or max_new_tokens
+        self.zero_stage = learner.zero_stage
+        self.micro_batch = learner.micro_batch
+        self.gas = per_rank // learner.micro_batch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        torch_dtype = getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        self.reference = None
+        if algorithm.kl_beta > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
+            self.reference.requires_grad_(False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learner.lr, weight_decay=learner.weight_decay)
+        config = {
+            "train_micro_batch_size_per_gpu": learner.micro_batch,
+            "gradient_accumulation_steps": self.gas,
+            "gradient_clipping": learner.grad_clip,
+            "zero_optimization": {"stage": learner.zero_stage},
+            "bf16": {"enabled": dtype == "bfloat16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        if self.reference is not None:
+            self.reference.to(self.engine.device)
+
+    def _logprobs(self, model, input_ids, attention, need_logits=False):
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float() / self.temperature
+        return token_logprobs(logits, input_ids[:, 1:]), (logits if need_logits else None)
+
+    def train_step(self, batch: LearnBatch, counts: StepCounts) -> dict[str, float]:
+        """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
+        algo, device = self.algorithm, self.engine.device
+        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0}
+        self.engine.train()
+        for start in range(0, len(batch.advantages), self.micro_batch):
+            stop = start + self.micro_batch
+            input_ids, attention, mask, old, adv = (t.to(device) for t in
+                                                    pad_batch(batch, start, stop, self.tokenizer.pad_token_id))
+            logprobs, logits = self._logprobs(self.engine, input_ids, attention, need_logits=True)
+            per_token, clipped = clipped_policy_loss(logprobs, old, adv, algo.clip_eps_low, algo.clip_eps_high)
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logprobs, _ = self._logprobs(self.reference, input_ids, attention)
+                kl = k3_kl(logprobs, ref_logprobs)
+                per_token = per_token + algo.kl_beta * kl
+                stats["kl_sum"] += float((kl.detach() * mask).sum())
+            loss = aggregate(per_token, mask, algo.loss_agg, counts.num_sequences, counts.num_tokens, self.constant)
+            self.engine.backward(loss * self.world_size * self.gas)
+            self.engine.step()
+            with torch.no_grad():
+                stats["loss"] += float(loss)
+                stats["clipped_tokens"] += float((clipped & mask).sum())
+                stats["entropy_sum"] += float((entropy_from_logits(logits) * mask).sum())
+                stats["tokens"] += float(mask.sum())
+        grad_norm = self.engine.get_global_grad_norm()
+        stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
+        return stats
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (None elsewhere). Every rank must call it: under
+        ZeRO-3 the parameters are gathered collectively."""
+        import deepspeed
+
+        module = self.engine.module
+        if self.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        else:
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return state if self.rank == 0 else None
+
+    def save_checkpoint(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag=tag)
+
+    def load_checkpoint(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+
+    def optimizer_digest(self) -> str:
+        """A hash of this rank's optimizer state and step count, to compare across a resume."""
+        h = hashlib.sha256()
+        state = self.engine.optimizer.state_dict()
+        tensors = []
+
+        def walk(node):
+            if isinstance(node, torch.Tensor):
+                tensors.append(node)
+            elif isinstance(node, dict):
+                for key in sorted(node, key=str):
+                    walk(node[key])
+            elif isinstance(node, list | tuple):
+                for item in node:
+                    walk(item)
+
+        walk(state)
+        for t in tensors:
+            h.update(t.detach().cpu().float().numpy().tobytes())
+        h.update(str(self.engine.global_steps).encode())
+        return h.hexdigest()
+
+    def export(self, directory: str) -> str | None:
+        """Write the policy in Hugging Face format (rank 0); every rank must call it."""
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        out = Path(directory)
+        self.engine.module.save_pretrained(out, state_dict=state)
+        self.tokenizer.save_pretrained(out)
+        return str(out)

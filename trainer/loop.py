@@ -1,0 +1,248 @@
+"""The training loop: DESIGN.md's seven steps, top to bottom, one call each.
+
+    sample → roll out → score → advantages → learn → sync weights → log (and checkpoint)
+
+Departures from textbook GRPO, on purpose: a sample whose reward module failed is masked out of
+the loss and out of its group's statistics instead of scored 0; the policy ratio's denominator is
+the rollout engine's own logprob (so a future off-policy or vLLM engine needs no extra forward).
+
+Run it with `python -m trainer.run configs/demo.toml`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+
+from environments import build as build_environment
+from rewards import ScoreResult
+from trainer import checkpoint
+from trainer.algorithms import advantages_for
+from trainer.cluster import JobActors, connect, start_actors
+from trainer.learner import LearnBatch, StepCounts
+from trainer.reward_worker import load_modules
+from trainer.rollout.engine import SamplingParams
+from trainer.rollout.worker import Sample
+from trainer.sampler import TaskSampler
+from trainer.spec import JobSpec
+from trainer.tracking import Tracker, progress_line
+
+
+class RewardFailureError(RuntimeError):
+    """A reward module failed on more samples than the job allows."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps_done: int
+    export_dir: Path | None
+    checkpoint_dir: Path
+    wandb: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(spec: JobSpec, stop_after: int | None = None, echo=print) -> RunResult:
+    """Run (or resume) a job to `schedule.steps`; `stop_after` ends it early, as a crash would."""
+    env = build_environment(spec.environment.name, spec.environment.config)
+    load_modules(spec.rewards)  # refuse a bad reward module before any actor starts
+    ckpt_dir = spec.run_dir / "checkpoints"
+    resume = checkpoint.latest(ckpt_dir)
+    connect()
+    actors = start_actors(spec)
+    tracker = None
+    try:
+        state = resume[1] if resume else checkpoint.LoopState(0, 0, 0, spec.schedule.seed)
+        sampler = TaskSampler(list(env.tasks("train")), state.seed, state.data_epoch, state.data_cursor)
+        if resume:
+            checkpoint.restore(actors.learners, ckpt_dir, resume[0])
+            sync_weights(actors, version=state.step)
+            echo(f"resumed from {ckpt_dir / resume[0]} at step {state.step + 1}")
+        tracker = Tracker(spec.logging, spec.run_dir, spec.name, spec.model_dump(), state.step)
+        history = []
+        last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
+        for step in range(state.step + 1, last + 1):
+            t0 = time.perf_counter()
+            tasks = sampler.next(spec.rollout.prompts_per_step)                       # 1. sample
+            samples, score_refs = rollout(actors, tasks, spec, step)                  # 2. roll out
+            t1 = time.perf_counter()
+            scores = gather_scores(score_refs)                                        # 3. score
+            check_reward_failures(scores, spec.reward_failure_threshold)
+            t2 = time.perf_counter()
+            advantages_P_G = compute_advantages(scores, spec)                         # 4. advantages
+            learn_stats = learn(actors, samples, scores, advantages_P_G)              # 5. learn
+            t3 = time.perf_counter()
+            sync_weights(actors, version=step)                                        # 6. sync weights
+            t4 = time.perf_counter()
+            metrics = step_metrics(samples, scores, advantages_P_G, learn_stats,     # 7. log
+                                   {"rollout": t1 - t0, "reward": t2 - t1, "learn": t3 - t2, "sync": t4 - t3})
+            if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0:
+                metrics.update(evaluate(actors, env, spec, step))
+            tracker.log(metrics, step)
+            history.append(metrics)
+            echo(progress_line(step, spec.schedule.steps, metrics))
+            interval = spec.schedule.checkpoint_interval
+            if (interval and step % interval == 0) or step == last:
+                checkpoint.save(actors.learners, ckpt_dir,
+                                checkpoint.LoopState(step, sampler.epoch, sampler.cursor, state.seed))
+            state.step = step
+        export_dir = None
+        if state.step >= spec.schedule.steps:
+            export_dir = spec.run_dir / "model"
+            ray.get([lr.export.remote(str(export_dir)) for lr in actors.learners])
+        tracker.summary({"steps_done": state.step})
+        tracker.finish()
+        return RunResult(spec.run_dir, state.step, export_dir, ckpt_dir, tracker.location, history)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(exit_code=1)
+        raise
+    finally:
+        actors.shutdown()
+
+
+def rollout(actors: JobActors, tasks, spec: JobSpec, step: int) -> tuple[list[Sample], list]:
+    """Split the tasks over the workers; each worker's samples go to the reward worker as soon as
+    that worker is done, so scoring overlaps the rest of the rollout."""
+    sampling = SamplingParams(spec.rollout.max_new_tokens, spec.rollout.temperature, spec.rollout.top_p)
+    chunks = _split(tasks, len(actors.workers))
+    sample_refs, score_refs, offset = [], [], 0
+    for i, (worker, chunk) in enumerate(zip(actors.workers, chunks, strict=False)):
+        if not chunk:
+            continue
+        seed = spec.schedule.seed * 1_000_003 + step * 1_009 + i
+        ref = worker.generate.remote(chunk, offset, spec.algorithm.group_size, sampling, seed)
+        sample_refs.append(ref)
+        score_refs.append(actors.rewarder.score.remote(ref))
+        offset += len(chunk)
+    samples = [s for chunk in ray.get(sample_refs) for s in chunk]
+    return samples, score_refs
+
+
+def gather_scores(score_refs) -> ScoreResult:
+    """Concatenate the per-worker score results, in sample order."""
+    parts: list[ScoreResult] = ray.get(score_refs)
+    merged = ScoreResult([], {name: [] for name in parts[0].components}, [], [])
+    for part in parts:
+        base = len(merged.total)
+        merged.total += part.total
+        merged.failed += part.failed
+        for name, values in part.components.items():
+            merged.components[name] += values
+        for failure in part.failures:
+            failure.indices = [base + i for i in failure.indices]
+            merged.failures.append(failure)
+    return merged
+
+
+def check_reward_failures(scores: ScoreResult, threshold: float) -> None:
+    n = len(scores.total)
+    for name, count in scores.failure_counts().items():
+        if count / n > threshold:
+            first = next(f for f in scores.failures if f.module == name)
+            raise RewardFailureError(
+                f"reward module {name!r} failed on {count}/{n} samples this step, past the job's "
+                f"reward_failure_threshold of {threshold:g}. First error:\n{first.error}")
+
+
+def compute_advantages(scores: ScoreResult, spec: JobSpec) -> torch.Tensor:
+    g = spec.algorithm.group_size
+    rewards_P_G = torch.tensor(scores.total, dtype=torch.float32).view(-1, g)
+    valid_P_G = ~torch.tensor(scores.failed).view(-1, g)
+    return advantages_for(spec.algorithm, rewards_P_G, valid_P_G)
+
+
+def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult,
+          advantages_P_G: torch.Tensor) -> dict[str, float]:
+    """Shard the batch evenly over the learner ranks and take one optimizer step."""
+    advantages = advantages_P_G.flatten().tolist()
+    masks = [[not failed] * len(s.completion.token_ids) for s, failed in zip(samples, scores.failed, strict=True)]
+    counts = StepCounts(num_sequences=sum(not f for f in scores.failed), num_tokens=sum(map(sum, masks)))
+    per_rank = len(samples) // len(actors.learners)
+    refs = []
+    for rank, learner in enumerate(actors.learners):
+        rows = range(rank * per_rank, (rank + 1) * per_rank)
+        batch = LearnBatch(
+            prompt_ids=[samples[i].prompt_ids for i in rows],
+            completion_ids=[samples[i].completion.token_ids for i in rows],
+            old_logprobs=[samples[i].completion.logprobs for i in rows],
+            advantages=[advantages[i] for i in rows],
+            mask=[masks[i] for i in rows],
+        )
+        refs.append(learner.train_step.remote(batch, counts))
+    per_rank_stats = ray.get(refs)
+    summed = {k: sum(s[k] for s in per_rank_stats) for k in per_rank_stats[0]}
+    tokens = max(summed["tokens"], 1.0)
+    return {"loss": summed["loss"], "clip_frac": summed["clipped_tokens"] / tokens,
+            "kl": summed["kl_sum"] / tokens, "entropy": summed["entropy_sum"] / tokens,
+            "grad_norm": per_rank_stats[0]["grad_norm"]}
+
+
+def sync_weights(actors: JobActors, version: int) -> None:
+    """Learner → rollout workers through the Ray object store (rank 0 holds the full weights)."""
+    refs = [lr.full_state_dict.remote() for lr in actors.learners]
+    ray.get([w.update_weights.remote(refs[0], version) for w in actors.workers] + refs[1:])
+
+
+def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, float]:
+    """One sample per held-out task, scored by the job's rewards; nothing is learned from it."""
+    try:
+        tasks = list(env.tasks("eval"))
+    except ValueError:
+        return {}
+    sampling = SamplingParams(spec.rollout.max_new_tokens, spec.rollout.temperature, spec.rollout.top_p)
+    refs, offset = [], 0
+    for i, (worker, chunk) in enumerate(zip(actors.workers, _split(tasks, len(actors.workers)), strict=False)):
+        if chunk:
+            refs.append(worker.generate.remote(chunk, offset, 1, sampling, 10**9 + step * 1_009 + i))
+            offset += len(chunk)
+    scores = gather_scores([actors.rewarder.score.remote(r) for r in refs])
+    ok = [r for r, f in zip(scores.total, scores.failed, strict=True) if not f]
+    out = {"eval/reward_mean": statistics.fmean(ok) if ok else 0.0, "eval/reward_failed": sum(scores.failed)}
+    for name, values in scores.components.items():
+        vals = [v for v in values if v is not None]
+        out[f"eval/reward/{name}"] = statistics.fmean(vals) if vals else 0.0
+    return out
+
+
+def step_metrics(samples: list[Sample], scores: ScoreResult, advantages_P_G: torch.Tensor,
+                 learn_stats: dict[str, float], seconds: dict[str, float]) -> dict[str, float]:
+    ok = [r for r, f in zip(scores.total, scores.failed, strict=True) if not f]
+    lengths = [len(s.completion.token_ids) for s in samples]
+    rewards_P_G = torch.tensor(scores.total).view(advantages_P_G.shape)
+    m: dict[str, float] = {
+        "reward/mean": statistics.fmean(ok) if ok else 0.0,
+        "reward/std": statistics.pstdev(ok) if len(ok) > 1 else 0.0,
+        "reward/failed": float(sum(scores.failed)),
+        "advantage/mean": float(advantages_P_G.mean()),
+        "advantage/abs_mean": float(advantages_P_G.abs().mean()),
+        "groups/all_equal_frac": float((rewards_P_G.max(dim=1).values == rewards_P_G.min(dim=1).values)
+                                       .float().mean()),
+        "response/length_mean": statistics.fmean(lengths),
+        "response/truncated_frac": statistics.fmean(s.completion.truncated for s in samples),
+        **learn_stats,
+    }
+    for name, values in scores.components.items():
+        vals = [v for v in values if v is not None]
+        m[f"reward/{name}"] = statistics.fmean(vals) if vals else 0.0
+    for name, count in scores.failure_counts().items():
+        m[f"reward_failures/{name}"] = float(count)
+    m.update({f"time/{k}": v for k, v in seconds.items()})
+    m["time/step"] = sum(seconds.values())
+    m["perf/tokens_per_s"] = sum(lengths) / max(m["time/step"], 1e-9)
+    return m
+
+
+def _split(items: list, parts: int) -> list[list]:
+    size, rest = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + size + (1 if i < rest else 0)
+        out.append(items[start:stop])
+        start = stop
+    return out

@@ -1,0 +1,53 @@
+"""The rollout worker: a Ray actor that owns one engine, samples groups for its share of the
+tasks, and takes new weights from the learner after every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from environments.base import Task
+from trainer.rollout.engine import Completion, SamplingParams, build_engine
+
+
+@dataclass
+class Sample:
+    """One completion of a group, with everything the reward and the learner need."""
+
+    task: Task
+    group: int
+    prompt_ids: list[int]
+    completion: Completion
+    weights_version: int
+
+
+def format_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Chat-template the prompt messages (TRL's helper) and tokenize them."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    text = maybe_apply_chat_template({"prompt": messages}, tokenizer)["prompt"]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class RolloutWorker:
+    """Wrapped with `ray.remote` by the loop; plain class so it is testable in-process."""
+
+    def __init__(self, engine: str, model_path: str, dtype: str, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.engine = build_engine(engine, model_path, dtype)
+        self.version = 0
+
+    def generate(self, tasks: list[Task], group_offset: int, group_size: int, sampling: SamplingParams,
+                 seed: int) -> list[Sample]:
+        tok = self.engine.tokenizer()
+        prompts = [format_prompt(tok, t.prompt) for t in tasks]
+        groups = self.engine.generate(prompts, group_size, sampling, seed)
+        return [Sample(task, group_offset + i, prompt, c, self.version)
+                for i, (task, prompt, group) in enumerate(zip(tasks, prompts, groups, strict=True))
+                for c in group]
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        self.engine.load_weights(state_dict)
+        self.version = version
+        return version

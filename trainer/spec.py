@@ -1,0 +1,282 @@
+"""The job spec: one pydantic schema shared by `python -m trainer.run`, run files in `configs/`
+and the REST API.
+
+Pure pydantic on purpose: the control plane imports this module, and it must start without torch.
+Every field has a docstring, every variant is a discriminated union on `type`, and cross-field
+rules live in validators so that a bad spec is refused once, up front, with the field named:
+
+    spec = load_spec("configs/demo.toml")          # SpecError lists every bad field
+    spec = JobSpec.model_validate(payload)          # pydantic.ValidationError
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    # Unknown keys are refused, so a knob of the wrong algorithm or a typo is named, not ignored.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelSpec(_Strict):
+    path: str = Field(min_length=1)
+    """Base model: a local directory in Hugging Face format, or a hub id (the machine must reach the hub)."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter dtype of the policy. CPU runs use float32."""
+
+
+class EnvironmentSpec(_Strict):
+    name: str = "dataset"
+    """Environment from the registry (`dataset`, ...) — see `environments.registry`."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The environment's own config; validated by the environment's config model."""
+
+
+class RewardSpec(_Strict):
+    name: str | None = None
+    """Built-in or entry-point reward module (`GET /v1/rewards` lists them)."""
+
+    import_path: str | None = None
+    """Ad-hoc reward function, `package.module:function` or `path/to/file.py:function`."""
+
+    weight: float = 1.0
+    """Weight of this module in the summed reward."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Parameters for a module that declares a config model."""
+
+    timeout_s: float = Field(default=30.0, gt=0)
+    """Time limit for one batched call; past it the batch's samples are marked failed."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSpec:
+        if (self.name is None) == (self.import_path is None):
+            raise ValueError("set exactly one of `name` (registered module) or `import_path` (pkg.mod:fn)")
+        if self.import_path is not None and ":" not in self.import_path:
+            raise ValueError("import_path must look like `package.module:function` or `file.py:function`")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The name metrics and errors use for this module."""
+        return self.name or self.import_path.rsplit(":", 1)[1]  # type: ignore[union-attr]
+
+
+class _PolicyGradient(_Strict):
+    group_size: int = Field(default=8, ge=2)
+    """Completions sampled per prompt. A group of one has no baseline, hence >= 2."""
+
+    clip_eps_low: float = Field(default=0.2, gt=0, lt=1)
+    """Lower clip of the importance ratio: ratio >= 1 - clip_eps_low."""
+
+    clip_eps_high: float = Field(default=0.2, gt=0)
+    """Upper clip of the ratio: ratio <= 1 + clip_eps_high (DAPO's clip-higher uses 0.28)."""
+
+    loss_agg: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
+    """How per-token losses are reduced: over all tokens of the batch, per sequence then over
+    sequences (original GRPO), or divided by a constant (Dr. GRPO)."""
+
+    loss_constant: int | None = Field(default=None, gt=0)
+    """Normaliser for `loss_agg = "constant"`; defaults to `rollout.max_new_tokens`."""
+
+    kl_beta: float = Field(default=0.0, ge=0)
+    """Weight of the k3 KL penalty against the frozen reference (the base model). 0 turns it off
+    and no reference model is loaded."""
+
+
+class GRPOSpec(_PolicyGradient):
+    """Group Relative Policy Optimization (Shao et al., 2024)."""
+
+    type: Literal["grpo"] = "grpo"
+    scale_std: bool = True
+    """Divide the group-centred reward by the group's std (off in Dr. GRPO)."""
+
+
+class RLOOSpec(_PolicyGradient):
+    """REINFORCE Leave-One-Out (Ahmadian et al., 2024): baseline is the mean of the other samples."""
+
+    type: Literal["rloo"] = "rloo"
+
+
+AlgorithmSpec = Annotated[GRPOSpec | RLOOSpec, Field(discriminator="type")]
+
+
+class RolloutSpec(_Strict):
+    engine: Literal["hf"] = "hf"
+    """Generation engine. `hf` (transformers generate) runs anywhere; vLLM arrives with the GPU path."""
+
+    workers: int = Field(default=2, ge=1)
+    """Rollout worker actors; prompts are split evenly across them."""
+
+    prompts_per_step: int = Field(default=4, ge=1)
+    """Tasks sampled per training step; each yields `algorithm.group_size` completions."""
+
+    max_new_tokens: int = Field(default=16, ge=1)
+    """Token budget per completion."""
+
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature; the learner divides its logits by the same value."""
+
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+
+    num_cpus: float = Field(default=0.4, gt=0)
+    """Ray CPUs each worker reserves (fractional, so small machines fit every actor)."""
+
+
+class LearnerSpec(_Strict):
+    ranks: int = Field(default=2, ge=1)
+    """DeepSpeed data-parallel ranks (one Ray actor each)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    """AdamW learning rate."""
+
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+
+    micro_batch: int = Field(default=8, ge=1)
+    """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
+
+    grad_clip: float = Field(default=1.0, gt=0)
+    """Global gradient-norm clip."""
+
+    num_cpus: float = Field(default=0.4, gt=0)
+    """Ray CPUs each rank reserves."""
+
+
+class ScheduleSpec(_Strict):
+    steps: int = Field(default=20, ge=1)
+    """Training steps (one rollout batch and one optimizer step each)."""
+
+    checkpoint_interval: int = Field(default=10, ge=0)
+    """Save a resumable checkpoint every N steps (and at the end); 0 saves only at the end."""
+
+    eval_interval: int = Field(default=0, ge=0)
+    """Run evaluation every N steps; 0 turns periodic evaluation off."""
+
+    seed: int = 0
+    """Seed for data order and sampling; a resumed run continues the same streams."""
+
+
+class LoggingSpec(_Strict):
+    wandb_project: str = "flywheel"
+    """wandb project the run is logged to."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """`offline` writes local files (no account needed), `online` syncs, `disabled` logs nothing."""
+
+
+class JobSpec(_Strict):
+    name: str = Field(default="job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Run name: letters, digits, `_`, `.`, `-`; names the output folder and the wandb run."""
+
+    model: ModelSpec
+    """The base (and reference) model."""
+
+    environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
+    """Where tasks come from and, for multi-turn work, who answers the policy."""
+
+    rewards: list[RewardSpec] = Field(min_length=1)
+    """Reward modules, summed with their weights; each component is logged."""
+
+    reward_failure_threshold: float = Field(default=0.25, ge=0, le=1)
+    """A step in which more than this share of a module's samples fail stops the job."""
+
+    algorithm: AlgorithmSpec = Field(default_factory=GRPOSpec)
+    """The policy-gradient algorithm and its knobs (`type` selects it)."""
+
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    learner: LearnerSpec = Field(default_factory=LearnerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+
+    output_dir: str = "runs"
+    """Checkpoints, the exported model and wandb files go to `output_dir/name`."""
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> JobSpec:
+        samples = self.rollout.prompts_per_step * self.algorithm.group_size
+        per_rank, rest = divmod(samples, self.learner.ranks)
+        if rest:
+            raise ValueError(
+                f"learner.ranks: {samples} samples per step (prompts_per_step × group_size) "
+                f"must split evenly over {self.learner.ranks} ranks"
+            )
+        if per_rank % self.learner.micro_batch:
+            raise ValueError(
+                f"learner.micro_batch: each rank gets {per_rank} samples per step, "
+                f"which must be a multiple of micro_batch={self.learner.micro_batch}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class SpecError(ValueError):
+    """A spec that failed validation; `errors` holds one `{field, message}` per problem."""
+
+    def __init__(self, errors: list[dict[str, str]], source: str = "spec"):
+        self.errors = errors
+        lines = "\n".join(f"  {e['field'] or '(spec)'}: {e['message']}" for e in errors)
+        super().__init__(f"invalid {source}:\n{lines}")
+
+
+def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Flatten a pydantic error into `{field, message}` rows with dotted field paths.
+
+    Discriminated-union tags (`grpo`) are dropped from the path, so a user reads
+    `algorithm.group_size`, the key they wrote.
+    """
+    rows = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if p not in ("grpo", "rloo")]
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (not part of this section's schema)"
+        rows.append({"field": ".".join(loc), "message": message})
+    return rows
+
+
+def parse_spec(data: dict[str, Any], source: str = "spec") -> JobSpec:
+    """Validate a mapping into a JobSpec, raising SpecError with every bad field named."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(describe_errors(exc), source) from None
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read a TOML, YAML or JSON run file; `overrides` are dotted keys (`schedule.steps`)."""
+    path = Path(path)
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        data = tomllib.loads(text)
+    elif suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    elif suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise SpecError([{"field": "", "message": f"unknown run-file type {suffix!r}; "
+                          "expected .toml, .yaml, .yml or .json"}], str(path))
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_spec(data, str(path))
