@@ -12,6 +12,7 @@ rules live in validators so that a bad spec is refused once, up front, with the 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -205,6 +206,13 @@ class JobSpec(_Strict):
     output_dir: str = "runs"
     """Checkpoints, the exported model and wandb files go to `output_dir/name`."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _grpo_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and "type" not in data["algorithm"]:
+            data = {**data, "algorithm": {"type": "grpo", **data["algorithm"]}}
+        return data
+
     @model_validator(mode="after")
     def _batch_divides(self) -> JobSpec:
         samples = self.rollout.prompts_per_step * self.algorithm.group_size
@@ -247,7 +255,12 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field (not part of this section's schema)"
-        rows.append({"field": ".".join(loc), "message": message})
+        field = ".".join(loc)
+        # Cross-field validators name the field they blame as a `path: ` prefix of the message.
+        prefix, sep, rest = message.partition(": ")
+        if sep and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", prefix):
+            field, message = ".".join(filter(None, [field, prefix])), rest
+        rows.append({"field": field, "message": message})
     return rows
 
 

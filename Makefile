@@ -1,0 +1,40 @@
+# Flywheel — every target sets up what it needs itself (a project-local .venv, CPU torch).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TINY   := runs/tiny-model
+export RAY_USAGE_STATS_ENABLED := 0
+export WANDB_SILENT := true
+
+.PHONY: install test test-fast demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[cpu,dev]"
+	touch $(STAMP)
+
+test: install            ## every test except the GPU ones
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: install       ## the inner loop: no GPU, no slow end-to-end runs
+	$(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+$(TINY)/config.json: | install
+	$(BIN)/python -m trainer.tiny $(TINY) --corpus configs/data/digits.jsonl
+
+demo: install $(TINY)/config.json   ## a small GRPO job end to end on local Ray, CPU
+	rm -rf runs/demo
+	$(BIN)/python -m trainer.run configs/demo.toml
+
+bench: install           ## Flywheel vs TRL's GRPOTrainer on the same tiny job
+	$(BIN)/python bench/grpo_vs_trl.py
+
+lint: install
+	$(BIN)/python -m ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

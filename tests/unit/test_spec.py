@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from trainer.run import parse_overrides
+from trainer.spec import GRPOSpec, SpecError, load_spec, parse_spec
+
+BASE = {"model": {"path": "m"}, "rewards": [{"name": "regex", "config": {"pattern": "x"}}]}
+
+
+def fields(data) -> dict[str, str]:
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    return {e["field"]: e["message"] for e in err.value.errors}
+
+
+def test_defaults_make_a_runnable_spec():
+    spec = parse_spec(BASE)
+    assert spec.algorithm == GRPOSpec()
+    assert spec.learner.ranks == 2 and spec.rollout.workers == 2
+    assert spec.run_dir.as_posix() == "runs/job"
+
+
+def test_group_size_one_is_refused_with_the_field_named():
+    errs = fields({**BASE, "algorithm": {"type": "grpo", "group_size": 1}})
+    assert "greater than or equal to 2" in errs["algorithm.group_size"]
+
+
+def test_knob_of_another_algorithm_is_refused():
+    errs = fields({**BASE, "algorithm": {"type": "rloo", "scale_std": False}})
+    assert errs["algorithm.scale_std"].startswith("unknown field")
+
+
+def test_unknown_algorithm_type_lists_the_valid_ones():
+    errs = fields({**BASE, "algorithm": {"type": "dpo"}})
+    assert "'grpo', 'rloo'" in errs["algorithm"]
+
+
+def test_every_bad_field_is_reported_at_once():
+    errs = fields({**BASE, "schedule": {"steps": -3}, "rollout": {"temperature": 0}, "typo": 1})
+    assert set(errs) == {"schedule.steps", "rollout.temperature", "typo"}
+
+
+def test_reward_needs_exactly_one_source():
+    errs = fields({**BASE, "rewards": [{"weight": 1.0}]})
+    assert "exactly one" in errs["rewards.0"]
+    errs = fields({**BASE, "rewards": [{"import_path": "no_colon_here"}]})
+    assert "package.module:function" in errs["rewards.0"]
+
+
+def test_batch_must_split_over_ranks_and_micro_batches():
+    errs = fields({**BASE, "rollout": {"prompts_per_step": 3}, "algorithm": {"group_size": 3},
+                   "learner": {"ranks": 2}})
+    assert "split evenly over 2 ranks" in errs["learner.ranks"]
+    errs = fields({**BASE, "learner": {"ranks": 2, "micro_batch": 5}})
+    assert "multiple of micro_batch=5" in errs["learner.micro_batch"]
+
+
+def test_run_files_in_toml_yaml_and_json_load_alike(tmp_path):
+    toml = tmp_path / "a.toml"
+    toml.write_text('[model]\npath = "m"\n[[rewards]]\nname = "json_valid"\n[schedule]\nsteps = 7\n')
+    yaml_file = tmp_path / "a.yaml"
+    yaml_file.write_text("model: {path: m}\nrewards: [{name: json_valid}]\nschedule: {steps: 7}\n")
+    json_file = tmp_path / "a.json"
+    json_file.write_text(json.dumps({"model": {"path": "m"}, "rewards": [{"name": "json_valid"}],
+                                     "schedule": {"steps": 7}}))
+    specs = [load_spec(p) for p in (toml, yaml_file, json_file)]
+    assert specs[0] == specs[1] == specs[2]
+    assert specs[0].schedule.steps == 7
+
+
+def test_overrides_are_typed_and_dotted(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('[model]\npath = "m"\n[[rewards]]\nname = "json_valid"\n')
+    spec = load_spec(path, parse_overrides(["schedule.steps=3", "learner.lr=0.5", "logging.wandb_mode=disabled"]))
+    assert (spec.schedule.steps, spec.learner.lr, spec.logging.wandb_mode) == (3, 0.5, "disabled")
+
+
+def test_a_bad_run_file_names_the_file_and_field(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\npath = "m"\n[[rewards]]\nname = "json_valid"\n[learner]\nzero_stage = 4\n')
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value) and "learner.zero_stage" in str(err.value)
+
+
+def test_spec_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, trainer.spec; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
