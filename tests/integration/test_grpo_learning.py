@@ -1,0 +1,54 @@
+"""GRPO through the real stack (local Ray, 2 rollout workers, 2 DeepSpeed ranks) learns."""
+
+import statistics
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import job_payload
+from trainer.loop import train
+from trainer.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+STEPS = 30
+# A random policy writes ~10-20% digits/spaces; after 30 steps at lr 3e-3 the tiny model writes
+# well over half. A loop that does not learn stays within noise (±0.05) of where it started.
+MIN_GAIN = 0.2
+
+
+def test_reward_rises_and_run_artifacts_exist(tiny_model, tmp_path, ray_cluster):
+    spec = parse_spec(job_payload(
+        tiny_model, tmp_path, name="learn",
+        schedule={"steps": STEPS, "checkpoint_interval": 10, "eval_interval": 15, "seed": 0},
+        logging={"wandb_mode": "offline", "wandb_project": "flywheel-tests"},
+    ))
+    lines = []
+    result = train(spec, echo=lines.append)
+
+    rewards = [m["reward/mean"] for m in result.history]
+    first, last = statistics.fmean(rewards[:5]), statistics.fmean(rewards[-5:])
+    assert last - first > MIN_GAIN, f"reward did not rise enough: first 5 steps {first:.3f}, last 5 {last:.3f}"
+
+    assert len(lines) == STEPS and lines[-1].startswith(f"step {STEPS}/{STEPS} | reward ")
+    m = result.history[-1]
+    for key in ("reward/digit_share", "reward_failures/digit_share", "advantage/abs_mean", "loss", "clip_frac",
+                "entropy", "response/length_mean", "perf/tokens_per_s", "time/rollout", "time/reward",
+                "time/learn", "time/sync"):
+        assert key in m, key
+    assert "eval/reward_mean" in result.history[14] and "eval/reward_mean" not in result.history[13]
+
+    # wandb offline: one run file holding every step's metrics
+    run_files = list((tmp_path / "learn" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    blob = run_files[0].read_bytes()
+    assert blob.count(b"reward/mean") >= STEPS and b"eval/reward_mean" in blob
+
+    # checkpoints every 10 steps, and an HF export that loads and generates
+    assert sorted(p.name for p in result.checkpoint_dir.glob("step_*")) == ["step_10", "step_20", "step_30"]
+    model = AutoModelForCausalLM.from_pretrained(result.export_dir)
+    tok = AutoTokenizer.from_pretrained(result.export_dir)
+    ids = tok.apply_chat_template([{"role": "user", "content": "How many days?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
