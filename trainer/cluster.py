@@ -59,6 +59,9 @@ class JobActors:
     learners: list
     rewarder: object
     pg: object
+    zero_stage: int
+    weights_version: int = 0
+    """The policy version the rollout workers hold (the step whose weights they last received)."""
 
     def shutdown(self) -> None:
         for actor in [*self.workers, *self.learners, self.rewarder]:
@@ -92,7 +95,7 @@ def start_actors(spec) -> JobActors:
     learners = [ray.remote(Learner).options(**opts(rollout.workers + r, learner.num_cpus))
                 .remote(r, learner.ranks) for r in range(learner.ranks)]
     rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS)).remote(spec.rewards)
-    actors = JobActors(workers, learners, rewarder, pg)
+    actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage)
     try:
         master = ray.get(learners[0].address.remote())
         per_rank = spec.rollout.prompts_per_step * spec.algorithm.group_size // learner.ranks

@@ -154,12 +154,15 @@ class Learner:
         import deepspeed
 
         module = self.engine.module
+        # The copies matter: gathered ZeRO-3 tensors are freed on leaving the context, and a ZeRO-1/2
+        # parameter is a view into one flat buffer, which pickling would send whole for every tensor.
         if self.zero_stage == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        else:
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        return state if self.rank == 0 else None
+            return state if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
     def save_checkpoint(self, directory: str, tag: str) -> None:
         self.engine.save_checkpoint(directory, tag=tag)

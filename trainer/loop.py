@@ -116,7 +116,7 @@ def rollout(actors: JobActors, tasks, spec: JobSpec, step: int) -> tuple[list[Sa
         if not chunk:
             continue
         seed = spec.schedule.seed * 1_000_003 + step * 1_009 + i
-        ref = worker.generate.remote(chunk, offset, spec.algorithm.group_size, sampling, seed)
+        ref = worker.generate.remote(chunk, offset, spec.algorithm.group_size, sampling, seed, actors.weights_version)
         sample_refs.append(ref)
         score_refs.append(actors.rewarder.score.remote(ref))
         offset += len(chunk)
@@ -184,9 +184,17 @@ def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult,
 
 
 def sync_weights(actors: JobActors, version: int) -> None:
-    """Learner → rollout workers through the Ray object store (rank 0 holds the full weights)."""
-    refs = [lr.full_state_dict.remote() for lr in actors.learners]
-    ray.get([w.update_weights.remote(refs[0], version) for w in actors.workers] + refs[1:])
+    """Learner → rollout workers through the Ray object store (rank 0 holds the full weights).
+
+    Nothing waits here: an actor runs its calls in submission order, so each worker loads the new
+    weights before its next rollout (inside `time/rollout`), and checks it holds `version` then.
+    """
+    # Under ZeRO-3 every rank takes part in gathering the weights; otherwise rank 0 has them all.
+    learners = actors.learners if actors.zero_stage == 3 else actors.learners[:1]
+    state_ref = [lr.full_state_dict.remote() for lr in learners][0]
+    for worker in actors.workers:
+        worker.update_weights.remote(state_ref, version)
+    actors.weights_version = version
 
 
 def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, float]:
@@ -199,7 +207,8 @@ def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, floa
     refs, offset = [], 0
     for i, (worker, chunk) in enumerate(zip(actors.workers, _split(tasks, len(actors.workers)), strict=False)):
         if chunk:
-            refs.append(worker.generate.remote(chunk, offset, 1, sampling, 10**9 + step * 1_009 + i))
+            refs.append(worker.generate.remote(chunk, offset, 1, sampling, 10**9 + step * 1_009 + i,
+                                               actors.weights_version))
             offset += len(chunk)
     scores = gather_scores([actors.rewarder.score.remote(r) for r in refs])
     ok = [r for r, f in zip(scores.total, scores.failed, strict=True) if not f]

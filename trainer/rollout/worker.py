@@ -39,7 +39,10 @@ class RolloutWorker:
         self.version = 0
 
     def generate(self, tasks: list[Task], group_offset: int, group_size: int, sampling: SamplingParams,
-                 seed: int) -> list[Sample]:
+                 seed: int, weights_version: int | None = None) -> list[Sample]:
+        if weights_version is not None and self.version != weights_version:
+            raise RuntimeError(f"rollout worker holds weights v{self.version}, the loop expected v{weights_version}: "
+                               "the last weight update did not arrive")
         tok = self.engine.tokenizer()
         prompts = [format_prompt(tok, t.prompt) for t in tasks]
         groups = self.engine.generate(prompts, group_size, sampling, seed)
