@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from environments.base import Episode, EnvironmentConfigError, Step, Task
+from environments.base import EnvironmentConfigError, Episode, Step, Task
 
 
 class DatasetConfig(BaseModel):

@@ -11,7 +11,6 @@ loss, whichever split the batch had.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -19,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from trainer.algorithms.losses import aggregate, clipped_policy_loss, entropy_from_logits, k3_kl, token_logprobs
+from trainer.algorithms.losses import (
+    aggregate,
+    clipped_policy_loss,
+    entropy_from_logits,
+    k3_kl,
+    token_logprobs,
+)
 
 
 @dataclass
@@ -172,28 +177,6 @@ class Learner:
                                               load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
-
-    def optimizer_digest(self) -> str:
-        """A hash of this rank's optimizer state and step count, to compare across a resume."""
-        h = hashlib.sha256()
-        state = self.engine.optimizer.state_dict()
-        tensors = []
-
-        def walk(node):
-            if isinstance(node, torch.Tensor):
-                tensors.append(node)
-            elif isinstance(node, dict):
-                for key in sorted(node, key=str):
-                    walk(node[key])
-            elif isinstance(node, list | tuple):
-                for item in node:
-                    walk(item)
-
-        walk(state)
-        for t in tensors:
-            h.update(t.detach().cpu().float().numpy().tobytes())
-        h.update(str(self.engine.global_steps).encode())
-        return h.hexdigest()
 
     def export(self, directory: str) -> str | None:
         """Write the policy in Hugging Face format (rank 0); every rank must call it."""
