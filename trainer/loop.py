@@ -19,13 +19,12 @@ from pathlib import Path
 import ray
 import torch
 
-from environments import build as build_environment
 from rewards import ScoreResult
 from trainer import checkpoint
 from trainer.algorithms import advantages_for
 from trainer.cluster import JobActors, connect, start_actors
 from trainer.learner import LearnBatch, StepCounts
-from trainer.reward_worker import load_modules
+from trainer.preflight import preflight
 from trainer.rollout.engine import SamplingParams
 from trainer.rollout.worker import Sample
 from trainer.sampler import TaskSampler
@@ -49,8 +48,7 @@ class RunResult:
 
 def train(spec: JobSpec, stop_after: int | None = None, echo=print) -> RunResult:
     """Run (or resume) a job to `schedule.steps`; `stop_after` ends it early, as a crash would."""
-    env = build_environment(spec.environment.name, spec.environment.config)
-    load_modules(spec.rewards)  # refuse a bad reward module before any actor starts
+    env = preflight(spec)  # a bad model path, dataset or reward module is refused before any actor starts
     ckpt_dir = spec.run_dir / "checkpoints"
     resume = checkpoint.latest(ckpt_dir)
     connect()

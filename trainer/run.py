@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from trainer.loop import train  # heavy imports only once the spec is known to be good
 
-    result = train(spec, stop_after=args.stop_after)
+    try:
+        result = train(spec, stop_after=args.stop_after)
+    except SpecError as exc:
+        print(str(exc).replace("invalid spec", f"invalid {args.config}", 1), file=sys.stderr)
+        return 2
     print(f"\nrun folder:     {result.run_dir}")
     print(f"checkpoints:    {result.checkpoint_dir}")
     print(f"exported model: {result.export_dir or '(not yet: the run stopped before its last step)'}")

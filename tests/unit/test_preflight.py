@@ -1,0 +1,60 @@
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DIGITS, ROOT
+from trainer.preflight import preflight
+from trainer.spec import SpecError, parse_spec
+
+
+def spec(model, **over):
+    data = {"model": {"path": str(model)}, "environment": {"config": {"train": str(DIGITS)}},
+            "rewards": [{"name": "json_valid"}]}
+    data.update(over)
+    return parse_spec(data)
+
+
+def errors(s) -> dict[str, str]:
+    with pytest.raises(SpecError) as err:
+        preflight(s)
+    return {e["field"]: e["message"] for e in err.value.errors}
+
+
+def test_a_good_job_passes_and_returns_the_environment(tiny_model):
+    env = preflight(spec(tiny_model))
+    assert len(list(env.tasks("train"))) == 64
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    assert errors(spec(tmp_path / "nope"))["model.path"].startswith("no such model folder")
+    assert "no config.json" in errors(spec(tmp_path))["model.path"]
+
+
+def test_hub_ids_are_left_to_the_loader(tiny_model):
+    # `org/name` may be a hub id: preflight lets it through (the loader decides)
+    preflight(spec("Qwen/Qwen2.5-0.5B-Instruct"))
+
+
+def test_environment_errors_name_the_config_field(tiny_model, tmp_path):
+    errs = errors(spec(tiny_model, environment={"config": {"train": str(tmp_path / "x.jsonl")}}))
+    assert errs["environment.config.train"].startswith("no such file or folder")
+    errs = errors(spec(tiny_model, environment={"name": "chess"}))
+    assert "valid names: dataset" in errs["environment.name"]
+
+
+def test_reward_errors_name_each_module(tiny_model):
+    errs = errors(spec(tiny_model, rewards=[{"name": "regex", "config": {"pattern": "("}},
+                                            {"name": "resolvd"}, {"import_path": "nowhere.mod:fn"}]))
+    assert "not a valid regular expression" in errs["rewards.0.config.pattern"]
+    assert "unknown reward module 'resolvd'" in errs["rewards.1.name"]
+    assert "cannot import 'nowhere.mod'" in errs["rewards.2.import_path"]
+
+
+def test_cli_refuses_a_bad_run_file_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[model]\npath = "{tmp_path / "missing-model"}"\n[[rewards]]\nname = "json_valid"\n'
+                   f'[environment.config]\ntrain = "{DIGITS}"\n')
+    out = subprocess.run([sys.executable, "-m", "trainer.run", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert f"invalid {bad}" in out.stderr and "model.path: no such model folder" in out.stderr
