@@ -49,5 +49,7 @@ def progress_line(step: int, steps: int, m: dict[str, float]) -> str:
     """`step 3/20 | reward 0.412 | kl 0.0012 | 812 tok/s | 1.92 s (rollout 0.81 reward 0.10 …)`."""
     times = " ".join(f"{k} {m[f'time/{k}']:.2f}" for k in ("rollout", "reward", "learn", "sync"))
     failures = f" | reward failures {int(m['reward/failed'])}" if m.get("reward/failed") else ""
+    if "eval/reward_mean" in m:
+        failures += f" | eval reward {m['eval/reward_mean']:.3f}"
     return (f"step {step}/{steps} | reward {m['reward/mean']:.3f} | kl {m['kl']:.4f} | "
             f"{m['perf/tokens_per_s']:.0f} tok/s | {m['time/step']:.2f} s ({times}){failures}")
