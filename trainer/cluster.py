@@ -15,6 +15,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from trainer.affinity import local_cpu_cores
 from trainer.learner import Learner
 from trainer.reward_worker import RewardWorker
 from trainer.rollout.worker import RolloutWorker
@@ -90,10 +91,12 @@ def start_actors(spec) -> JobActors:
         return dict(num_cpus=cpus, num_gpus=gpu if index < len(bundles) - 1 else 0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index))
 
+    pin = local_cpu_cores()
     workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus))
-               .remote(rollout.engine, spec.model.path, spec.model.dtype) for i in range(rollout.workers)]
+               .remote(rollout.engine, spec.model.path, spec.model.dtype, 1, i if pin else None)
+               for i in range(rollout.workers)]
     learners = [ray.remote(Learner).options(**opts(rollout.workers + r, learner.num_cpus))
-                .remote(r, learner.ranks) for r in range(learner.ranks)]
+                .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]
     rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS)).remote(spec.rewards)
     actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage)
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.affinity import pin_to_core
 from trainer.algorithms.losses import (
     aggregate,
     clipped_policy_loss,
@@ -76,8 +77,8 @@ def pad_batch(batch: LearnBatch, start: int, stop: int, pad_id: int):
 class Learner:
     """Wrapped with `ray.remote` by the loop. Call `address()` on rank 0 first, then `setup()` on all."""
 
-    def __init__(self, rank: int, world_size: int, threads: int = 1):
-        torch.set_num_threads(threads)
+    def __init__(self, rank: int, world_size: int, threads: int = 1, core: int | None = None):
+        pin_to_core(core, threads)
         self.rank, self.world_size = rank, world_size
 
     def address(self) -> tuple[str, int]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from environments.base import Task
+from trainer.affinity import pin_to_core
 from trainer.rollout.engine import Completion, SamplingParams, build_engine
 
 
@@ -33,8 +34,8 @@ def format_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 class RolloutWorker:
     """Wrapped with `ray.remote` by the loop; plain class so it is testable in-process."""
 
-    def __init__(self, engine: str, model_path: str, dtype: str, threads: int = 1):
-        torch.set_num_threads(threads)
+    def __init__(self, engine: str, model_path: str, dtype: str, threads: int = 1, core: int | None = None):
+        pin_to_core(core, threads)
         self.engine = build_engine(engine, model_path, dtype)
         self.version = 0
 
