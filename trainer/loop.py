@@ -25,6 +25,7 @@ from trainer.algorithms import advantages_for
 from trainer.cluster import JobActors, connect, start_actors
 from trainer.learner import LearnBatch, StepCounts
 from trainer.preflight import preflight
+from trainer.reporting import NullReporter
 from trainer.rollout.engine import SamplingParams
 from trainer.rollout.worker import Sample
 from trainer.sampler import TaskSampler
@@ -46,8 +47,10 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(spec: JobSpec, stop_after: int | None = None, echo=print) -> RunResult:
-    """Run (or resume) a job to `schedule.steps`; `stop_after` ends it early, as a crash would."""
+def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=None) -> RunResult:
+    """Run (or resume) a job to `schedule.steps`; `stop_after` ends it early, as a crash would.
+    `reporter` (trainer.reporting) sends events, metrics and checkpoints to the control plane."""
+    reporter = reporter or NullReporter()
     env = preflight(spec)  # a bad model path, dataset or reward module is refused before any actor starts
     ckpt_dir = spec.run_dir / "checkpoints"
     resume = checkpoint.latest(ckpt_dir)
@@ -62,6 +65,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print) -> RunResult
             sync_weights(actors, version=state.step)
             echo(f"resumed from {ckpt_dir / resume[0]} at step {state.step + 1}")
         tracker = Tracker(spec.logging, spec.run_dir, spec.name, spec.model_dump(), state.step)
+        reporter.send("started", f"training from step {state.step + 1}", {"wandb": tracker.location})
         history = []
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
@@ -83,11 +87,14 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print) -> RunResult
                 metrics.update(evaluate(actors, env, spec, step))
             tracker.log(metrics, step)
             history.append(metrics)
-            echo(progress_line(step, spec.schedule.steps, metrics))
+            line = progress_line(step, spec.schedule.steps, metrics)
+            echo(line)
+            reporter.send("step", line, {"step": step, "metrics": metrics})
             interval = spec.schedule.checkpoint_interval
             if (interval and step % interval == 0) or step == last:
-                checkpoint.save(actors.learners, ckpt_dir,
-                                checkpoint.LoopState(step, sampler.epoch, sampler.cursor, state.seed))
+                path = checkpoint.save(actors.learners, ckpt_dir,
+                                       checkpoint.LoopState(step, sampler.epoch, sampler.cursor, state.seed))
+                reporter.send("checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
             state.step = step
         export_dir = None
         if state.step >= spec.schedule.steps:
@@ -95,10 +102,13 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print) -> RunResult
             ray.get([lr.export.remote(str(export_dir)) for lr in actors.learners])
         tracker.summary({"steps_done": state.step})
         tracker.finish()
+        reporter.send("finished", f"stopped after step {state.step}",
+                      {"export_dir": str(export_dir) if export_dir else None, "wandb": tracker.location})
         return RunResult(spec.run_dir, state.step, export_dir, ckpt_dir, tracker.location, history)
-    except BaseException:
+    except BaseException as exc:
         if tracker is not None:
             tracker.finish(exit_code=1)
+        reporter.send("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         actors.shutdown()

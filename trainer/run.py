@@ -10,6 +10,7 @@ an invalid spec, 1 for a failed run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field by its dotted path")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step (for testing resume)")
+    parser.add_argument("--report-url", default=None, help="control plane to report to (token: $FLYWHEEL_REPORT_TOKEN)")
+    parser.add_argument("--job-id", default=None, help="the control plane's id of this job")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.config, parse_overrides(args.set))
@@ -42,11 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from trainer.loop import train  # heavy imports only once the spec is known to be good
 
+    reporter = None
+    if args.report_url:
+        from trainer.reporting import HttpReporter
+
+        reporter = HttpReporter(args.report_url, args.job_id, os.environ["FLYWHEEL_REPORT_TOKEN"])
     try:
-        result = train(spec, stop_after=args.stop_after)
+        result = train(spec, stop_after=args.stop_after, reporter=reporter)
     except SpecError as exc:
         print(str(exc).replace("invalid spec", f"invalid {args.config}", 1), file=sys.stderr)
         return 2
+    finally:
+        if reporter is not None:
+            reporter.close()
     print(f"\nrun folder:     {result.run_dir}")
     print(f"checkpoints:    {result.checkpoint_dir}")
     print(f"exported model: {result.export_dir or '(not yet: the run stopped before its last step)'}")

@@ -1,0 +1,1 @@
+"""The Flywheel control plane: a FastAPI job service over Ray. It never imports torch."""

@@ -1,0 +1,61 @@
+"""Request dependencies: a store session, the calling team (bearer API key), a job it owns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.auth import hash_secret
+from service.errors import ApiError, not_found
+from service.store import ApiKey, Job, Team
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise ApiError(401, "unauthorized", "missing bearer token: send `Authorization: Bearer <key>`",
+                       "Authorization")
+    return authorization.split(" ", 1)[1].strip()
+
+
+def current_team(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Team:
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(_bearer(authorization))))
+    if key is None or key.revoked:
+        raise ApiError(401, "unauthorized", "unknown or revoked API key", "Authorization")
+    return session.get(Team, key.team_id)
+
+
+TeamDep = Annotated[Team, Depends(current_team)]
+
+
+def owned_job(job_id: str, session: SessionDep, team: TeamDep) -> Job:
+    job = session.get(Job, job_id)
+    # Another team's job is indistinguishable from a missing one.
+    if job is None or job.team_id != team.id:
+        raise not_found(f"job {job_id!r}")
+    return job
+
+
+JobDep = Annotated[Job, Depends(owned_job)]
+
+
+def reporting_job(job_id: str, session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Job:
+    """The job a trainer reports for, authorised by that job's own token."""
+    job = session.get(Job, job_id)
+    if job is None or job.report_token_hash != hash_secret(_bearer(authorization)):
+        raise ApiError(401, "unauthorized", "invalid job token", "Authorization")
+    return job
+
+
+ReportingJobDep = Annotated[Job, Depends(reporting_job)]

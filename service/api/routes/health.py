@@ -1,0 +1,64 @@
+"""Liveness, readiness (store and Ray reachable) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import func, select, text
+
+from service.states import JobState
+from service.store import Job
+
+router = APIRouter(tags=["ops"])
+
+
+class ServiceMetrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("flywheel_http_requests_total", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("flywheel_http_request_seconds", "HTTP request latency", ["method", "route"],
+                                 registry=self.registry)
+        self.jobs = Gauge("flywheel_jobs", "Jobs by state", ["state"], registry=self.registry)
+        self.queue = Gauge("flywheel_queue_length", "Queued jobs", registry=self.registry)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request, response: Response) -> dict[str, object]:
+    checks = {}
+    try:
+        with request.app.state.sessions() as s:
+            s.execute(text("SELECT 1"))
+        checks["store"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the readiness answer
+        checks["store"] = f"error: {exc}"
+    launcher = request.app.state.launcher
+    checks["ray"] = launcher.ping() if launcher is not None else "disabled"
+    ready = all(v in ("ok", "disabled") for v in checks.values())
+    response.status_code = 200 if ready else 503
+    return {"ready": ready, "checks": checks}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    m: ServiceMetrics = request.app.state.metrics
+    with request.app.state.sessions() as s:
+        counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+    for state in JobState:
+        m.jobs.labels(state.value).set(counts.get(state.value, 0))
+    m.queue.set(counts.get(JobState.queued.value, 0))
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

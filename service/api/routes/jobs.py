@@ -1,0 +1,154 @@
+"""`/v1/jobs`: create, validate, list, get, cancel, and each job's events, metrics, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from service import jobs as logic
+from service.api.deps import JobDep, SessionDep, TeamDep
+from service.states import JobState
+from service.store import Job, JobCheckpoint, JobEvent, JobMetric
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    state: str
+    priority: int
+    queue_position: int | None
+    step: int
+    steps: int
+    progress: float
+    latest_metrics: dict[str, Any] | None
+    wandb: str | None
+    run_dir: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def job_out(session, job: Job) -> JobOut:
+    return JobOut(id=job.id, name=job.name, state=job.state, priority=job.priority,
+                  queue_position=logic.queue_position(session, job), step=job.step, steps=job.steps,
+                  progress=job.step / job.steps if job.steps else 0.0, latest_metrics=job.latest_metrics,
+                  wandb=job.wandb, run_dir=job.run_dir, error=job.error, created_at=job.created_at,
+                  started_at=job.started_at, finished_at=job.finished_at)
+
+
+SpecBody = Annotated[dict[str, Any], Body(description="a job spec (trainer/spec.py)")]
+
+
+@router.post("", status_code=201, response_model=JobOut)
+def create(request: Request, response: Response, session: SessionDep, team: TeamDep, spec: SpecBody,
+           priority: int = 0, idempotency_key: Annotated[str | None, Header()] = None) -> JobOut:
+    valid = logic.validate_spec(spec)
+    job, created = logic.create_job(session, team, valid, str(request.app.state.settings.runs_dir),
+                                    priority, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return job_out(session, job)
+
+
+@router.post(":validate")
+def validate(team: TeamDep, spec: SpecBody) -> dict[str, Any]:
+    """Check a spec without launching anything."""
+    valid = logic.validate_spec(spec)
+    return {"valid": True, "spec": valid.model_dump(mode="json")}
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    offset: int
+    limit: int
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(session: SessionDep, team: TeamDep, state: JobState | None = None, name: str | None = None,
+              offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobPage:
+    query = select(Job).where(Job.team_id == team.id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if name is not None:
+        query = query.where(Job.name == name)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
+    return JobPage(jobs=[job_out(session, j) for j in rows], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get(session: SessionDep, job: JobDep) -> JobOut:
+    return job_out(session, job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel(request: Request, session: SessionDep, job: JobDep) -> JobOut:
+    if job.ray_job_id and job.state in (JobState.starting, JobState.running):
+        request.app.state.launcher.stop(job.ray_job_id)
+    logic.transition(session, job, JobState.cancelled, "cancelled by the team")
+    session.commit()
+    return job_out(session, job)
+
+
+def _event_rows(session, job_id: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+                           .order_by(JobEvent.id).limit(limit)).all()
+    return [{"id": e.id, "seq": e.seq, "kind": e.kind, "message": e.message, "data": e.data,
+             "created_at": e.created_at.isoformat()} for e in rows]
+
+
+@router.get("/{job_id}/events")
+async def events(request: Request, session: SessionDep, job: JobDep, after: int = 0,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 accept: Annotated[str | None, Header()] = None,
+                 last_event_id: Annotated[str | None, Header()] = None):
+    """Paged JSON by default; server-sent events with `Accept: text/event-stream` (resumable
+    with `Last-Event-ID`), ending once the job is finished and every event was sent."""
+    if not (accept and "text/event-stream" in accept):
+        rows = _event_rows(session, job.id, after, limit)
+        return {"events": rows, "next_after": rows[-1]["id"] if rows else after}
+    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    sessions, job_id = request.app.state.sessions, job.id
+
+    async def stream():
+        nonlocal cursor
+        while True:
+            with sessions() as s:
+                rows = _event_rows(s, job_id, cursor, 500)
+                state = s.get(Job, job_id).state
+            for row in rows:
+                cursor = row["id"]
+                yield f"id: {row['id']}\nevent: {row['kind']}\ndata: {json.dumps(row)}\n\n"
+            if not rows and JobState(state).terminal:
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+@router.get("/{job_id}/metrics")
+def metrics(session: SessionDep, job: JobDep, after_step: int = 0,
+            limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+    rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step > after_step)
+                           .order_by(JobMetric.step).limit(limit)).all()
+    return {"metrics": [{"step": m.step, "values": m.values} for m in rows]}
+
+
+@router.get("/{job_id}/checkpoints")
+def checkpoints(session: SessionDep, job: JobDep) -> dict[str, Any]:
+    rows = session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job.id)
+                           .order_by(JobCheckpoint.step)).all()
+    return {"checkpoints": [{"step": c.step, "path": c.path, "created_at": c.created_at.isoformat()} for c in rows]}

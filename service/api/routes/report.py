@@ -1,0 +1,36 @@
+"""Where trainers report back, with their job's own token. Each report carries a sequence
+number; a retried report is acknowledged and stored once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from service import jobs as logic
+from service.api.deps import ReportingJobDep, SessionDep
+from service.store import JobEvent
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/report", tags=["reporting"])
+
+
+class Report(BaseModel):
+    seq: int = Field(ge=1)
+    kind: str = Field(pattern="^(started|step|checkpoint|eval|finished|failed|log)$")
+    message: str = ""
+    data: dict[str, Any] | None = None
+
+
+@router.post("")
+def report(body: Report, session: SessionDep, job: ReportingJobDep) -> dict[str, Any]:
+    stored = logic.record_report(session, job, body.seq, body.kind, body.message, body.data)
+    return {"stored": stored, "seq": body.seq}
+
+
+@router.get("")
+def last_seq(session: SessionDep, job: ReportingJobDep) -> dict[str, int]:
+    """The highest sequence number stored, so a restarted trainer continues after it."""
+    top = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
+    return {"last_seq": max(top or 0, 0)}

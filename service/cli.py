@@ -1,0 +1,208 @@
+"""`flywheel`: run the service, administer teams and keys, and drive jobs over REST.
+
+    flywheel serve                                  # API on 127.0.0.1:8000, local Ray head
+    flywheel admin create-team support --quota 2    # then: flywheel admin create-key support
+    export FLYWHEEL_URL=http://127.0.0.1:8000 FLYWHEEL_API_KEY=fw_...
+    flywheel submit configs/demo.toml --follow
+    flywheel list | get JOB | follow JOB | cancel JOB | validate SPEC | rewards | environments
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
+admin = typer.Typer(help="Teams and API keys (acts on the store directly).", no_args_is_help=True)
+app.add_typer(admin, name="admin")
+console = Console()
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+# ── service ────────────────────────────────────────────────────────────────────────────────────
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the API (and, with no FLYWHEEL_RAY_ADDRESS, a local Ray head)."""
+    import uvicorn
+
+    from service.config import Settings
+    from service.main import create_app
+
+    settings = Settings(host=host, port=port)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+def _sessions():
+    from service.config import Settings
+    from service.store import make_engine, migrate, session_factory
+
+    url = Settings().database_url
+    migrate(url)
+    return session_factory(make_engine(url))
+
+
+@admin.command("create-team")
+def create_team(name: str, quota: Annotated[int, typer.Option(help="concurrent jobs")] = 2) -> None:
+    from service.store import Team
+
+    with _sessions()() as s:
+        team = Team(name=name, max_concurrent_jobs=quota)
+        s.add(team)
+        s.commit()
+        console.print(f"team {name} ({team.id}), quota {quota}")
+
+
+@admin.command("create-key")
+def create_key(team: str) -> None:
+    """Print a new API key for TEAM (by name). It is shown once; only its hash is stored."""
+    from sqlalchemy import select
+
+    from service.auth import new_api_key
+    from service.store import ApiKey, Team
+
+    with _sessions()() as s:
+        row = s.scalar(select(Team).where(Team.name == team))
+        if row is None:
+            raise typer.BadParameter(f"no team {team!r}", param_hint="TEAM")
+        key, key_hash, prefix = new_api_key()
+        record = ApiKey(team_id=row.id, key_hash=key_hash, prefix=prefix)
+        s.add(record)
+        s.commit()
+        print(key)
+        print(f"(key id {record.id}, team {team})", file=sys.stderr)
+
+
+@admin.command("revoke-key")
+def revoke_key(key_id: str) -> None:
+    from service.store import ApiKey
+
+    with _sessions()() as s:
+        record = s.get(ApiKey, key_id)
+        if record is None:
+            raise typer.BadParameter(f"no key {key_id!r}", param_hint="KEY_ID")
+        record.revoked = True
+        s.commit()
+        console.print(f"revoked {key_id}")
+
+
+# ── client ─────────────────────────────────────────────────────────────────────────────────────
+
+def _client() -> httpx.Client:
+    key = os.environ.get("FLYWHEEL_API_KEY")
+    if not key:
+        console.print("set FLYWHEEL_API_KEY (flywheel admin create-key TEAM prints one)", style="red")
+        raise typer.Exit(2)
+    return httpx.Client(base_url=os.environ.get("FLYWHEEL_URL", "http://127.0.0.1:8000"),
+                        headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json()
+    err = response.json().get("error", {})
+    console.print(f"error {response.status_code} {err.get('code')}: {err.get('message')}", style="red")
+    for row in err.get("errors", [])[1:]:
+        console.print(f"  {row['field']}: {row['message']}", style="red")
+    raise typer.Exit(1)
+
+
+def _spec(path: Path) -> dict:
+    from trainer.spec import load_spec
+
+    # Parse locally first: a bad file is reported with its own name, before any request.
+    return load_spec(path).model_dump(mode="json")
+
+
+@app.command()
+def submit(spec: Path, follow_: Annotated[bool, typer.Option("--follow")] = False,
+           priority: int = 0, idempotency_key: str | None = None) -> None:
+    """Submit a run file; print the job id (and follow it with --follow)."""
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with _client() as c:
+        job = _check(c.post("/v1/jobs", json=_spec(spec), params={"priority": priority}, headers=headers))
+    console.print(f"{job['id']} {job['state']} (queue position {job['queue_position']})")
+    if follow_:
+        follow(job["id"])
+
+
+@app.command()
+def validate(spec: Path) -> None:
+    """Validate a run file on the service without launching it."""
+    with _client() as c:
+        _check(c.post("/v1/jobs:validate", json=_spec(spec)))
+    console.print("valid")
+
+
+@app.command("list")
+def list_jobs(state: str | None = None, limit: int = 20) -> None:
+    with _client() as c:
+        page = _check(c.get("/v1/jobs", params={k: v for k, v in {"state": state, "limit": limit}.items() if v}))
+    table = Table("id", "name", "state", "step", "reward", "created")
+    for j in page["jobs"]:
+        reward = (j["latest_metrics"] or {}).get("reward/mean")
+        table.add_row(j["id"], j["name"], j["state"], f"{j['step']}/{j['steps']}",
+                      f"{reward:.3f}" if reward is not None else "", j["created_at"][:19])
+    console.print(table)
+
+
+@app.command()
+def get(job_id: str) -> None:
+    with _client() as c:
+        print(json.dumps(_check(c.get(f"/v1/jobs/{job_id}")), indent=2))
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    with _client() as c:
+        job = _check(c.post(f"/v1/jobs/{job_id}/cancel"))
+    console.print(f"{job['id']} {job['state']}")
+
+
+@app.command()
+def follow(job_id: str, interval: float = 1.0) -> None:
+    """A progress bar until the job ends; exit 1 unless it succeeded."""
+    with _client() as c, Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(job_id, total=None, info="")
+        while True:
+            job = _check(c.get(f"/v1/jobs/{job_id}"))
+            m = job["latest_metrics"] or {}
+            info = f"{job['state']} step {job['step']}/{job['steps']}"
+            if "reward/mean" in m:
+                info += f" reward {m['reward/mean']:.3f}"
+            bar.update(task, total=job["steps"] or None, completed=job["step"], info=info)
+            if job["state"] in TERMINAL:
+                break
+            time.sleep(interval)
+    console.print(f"{job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+    if job["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def rewards() -> None:
+    with _client() as c:
+        for name, info in _check(c.get("/v1/rewards"))["rewards"].items():
+            console.print(f"{name:20} {info['source']:12} {(info['doc'] or '').splitlines()[0] if info['doc'] else ''}")
+
+
+@app.command()
+def environments() -> None:
+    with _client() as c:
+        for name, info in _check(c.get("/v1/environments"))["environments"].items():
+            console.print(f"{name:20} {info['doc'].splitlines()[0] if info['doc'] else ''}")
+
+
+if __name__ == "__main__":
+    app()

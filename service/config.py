@@ -1,0 +1,48 @@
+"""Service settings, from the environment (prefix `FLYWHEEL_`) or a `.env` file.
+
+    FLYWHEEL_DATABASE_URL=postgresql+psycopg://flywheel:pw@127.0.0.1:5432/flywheel flywheel serve
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=".env", extra="ignore",
+                                      use_attribute_docstrings=True)
+
+    database_url: str = "sqlite:///runs/flywheel.db"
+    """SQLAlchemy URL of the store: a SQLite file by default, Postgres at scale."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    public_url: str | None = None
+    """URL the trainers use to report back; defaults to http://host:port."""
+
+    ray_address: str | None = None
+    """An existing Ray cluster's dashboard address (http://head:8265). Unset: the service starts a
+    local Ray head on loopback and stops it on shutdown."""
+
+    runs_dir: Path = Path("runs/jobs")
+    """Where job folders (spec, checkpoints, exported model, wandb files) are written."""
+
+    launch: bool = True
+    """Launch queued jobs on Ray. Off, jobs stay queued (for load tests of the API alone)."""
+
+    scheduler_interval_s: float = 1.0
+    """How often queued jobs are considered for launch and live jobs are checked against Ray."""
+
+    default_team_quota: int = 2
+    """Concurrent jobs a new team may run."""
+
+    max_running_jobs: int = 1
+    """Jobs the cluster runs at once; the rest wait in the queue. Size it to the cluster (a job of
+    the default shape needs about 2 CPUs)."""
+
+    @property
+    def report_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

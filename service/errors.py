@@ -1,0 +1,61 @@
+"""One error shape for every failure: `{"error": {"code", "message", "field"}}` (plus `errors`
+listing every bad field when a request fails validation)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.states import IllegalTransition
+from trainer.spec import SpecError
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def _body(code: str, message: str, field: str | None, errors: list | None = None) -> dict:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    if errors:
+        body["error"]["errors"] = errors
+    return body
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError):
+        return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status)
+
+    @app.exception_handler(SpecError)
+    async def _spec(request: Request, exc: SpecError):
+        first = exc.errors[0]
+        return JSONResponse(_body("invalid_spec", f"{first['field'] or 'spec'}: {first['message']}",
+                                  first["field"] or None, exc.errors), status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(request: Request, exc: RequestValidationError):
+        rows = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if p != "body"]
+            message = "malformed JSON: " + err["msg"] if err["type"] == "json_invalid" else err["msg"]
+            rows.append({"field": ".".join(loc), "message": message})
+        first = rows[0]
+        return JSONResponse(_body("invalid_request", f"{first['field'] or 'body'}: {first['message']}",
+                                  first["field"] or None, rows), status_code=422)
+
+    @app.exception_handler(IllegalTransition)
+    async def _transition(request: Request, exc: IllegalTransition):
+        return JSONResponse(_body("illegal_transition", str(exc), "state"), status_code=409)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return JSONResponse(_body(code, str(exc.detail), None), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))

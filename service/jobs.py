@@ -1,0 +1,115 @@
+"""Job logic shared by the routes, the scheduler and the reporting endpoint: creation with
+validation, state changes (checked in `service.states`), queue positions, recording reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.states import LIVE, JobState, check_transition
+from service.store import Job, JobCheckpoint, JobEvent, JobMetric, Team, new_id, now
+from trainer.preflight import preflight
+from trainer.spec import JobSpec, parse_spec
+
+
+def validate_spec(payload: Any) -> JobSpec:
+    """Schema and preflight checks (model folder, data, reward modules); SpecError names the field."""
+    if not isinstance(payload, dict):
+        from trainer.spec import SpecError
+
+        raise SpecError([{"field": "", "message": "the request body must be a JSON object (a job spec)"}])
+    spec = parse_spec(payload)
+    preflight(spec)
+    return spec
+
+
+def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, priority: int = 0,
+               idempotency_key: str | None = None) -> tuple[Job, bool]:
+    """Persist a queued job; with an Idempotency-Key already used by this team, return that job."""
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    job_id = new_id("job")
+    spec = spec.model_copy(update={"output_dir": f"{runs_dir}/{job_id}"})
+    job = Job(id=job_id, team_id=team.id, name=spec.name, state=JobState.queued, priority=priority,
+              spec=spec.model_dump(mode="json"), idempotency_key=idempotency_key, steps=spec.schedule.steps,
+              run_dir=str(spec.run_dir))
+    session.add(job)
+    add_event(session, job, "queued", f"job {job.name!r} queued")
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
+        return existing, False
+    return job, True
+
+
+def next_service_seq(session: Session, job: Job) -> int:
+    # Service-written events take negative sequence numbers, so they never collide with the
+    # trainer's own (positive, its retries deduplicated by the unique constraint).
+    lowest = session.scalar(select(func.min(JobEvent.seq)).where(JobEvent.job_id == job.id))
+    return min(lowest or 0, 0) - 1
+
+
+def add_event(session: Session, job: Job, kind: str, message: str, data: dict | None = None) -> None:
+    session.flush()
+    session.add(JobEvent(job_id=job.id, seq=next_service_seq(session, job), kind=kind, message=message, data=data))
+
+
+def transition(session: Session, job: Job, target: JobState, message: str = "", error: str | None = None) -> None:
+    """Move a job to `target` (checked), stamp the times, and record an event."""
+    check_transition(job.state, target)
+    job.state = target
+    if target == JobState.running and job.started_at is None:
+        job.started_at = now()
+    if target.terminal:
+        job.finished_at = now()
+    if error is not None:
+        job.error = error
+    add_event(session, job, target.value, message or f"job {target.value}")
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1 for the next job to start, FIFO within priority across the cluster; None once started."""
+    if job.state != JobState.queued:
+        return None
+    ahead = session.scalar(select(func.count()).select_from(Job).where(
+        Job.state == JobState.queued,
+        or_(Job.priority > job.priority, (Job.priority == job.priority) & (Job.created_at < job.created_at)),
+    ))
+    return ahead + 1
+
+
+def live_count(session: Session, team_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.team_id == team_id, Job.state.in_([s.value for s in LIVE])))
+
+
+def record_report(session: Session, job: Job, seq: int, kind: str, message: str, data: dict | None) -> bool:
+    """Store one trainer report; False when this sequence number was stored already (a retry)."""
+    if session.scalar(select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.seq == seq)) is not None:
+        return False
+    session.add(JobEvent(job_id=job.id, seq=seq, kind=kind, message=message, data=data))
+    data = data or {}
+    if kind == "started" and job.state == JobState.starting:
+        transition(session, job, JobState.running, "trainer started")
+        job.wandb = data.get("wandb")
+    elif kind == "step":
+        job.step = int(data["step"])
+        job.latest_metrics = data["metrics"]
+        session.add(JobMetric(job_id=job.id, step=job.step, values=data["metrics"]))
+    elif kind == "checkpoint":
+        session.add(JobCheckpoint(job_id=job.id, step=int(data["step"]), path=data["path"]))
+    elif kind == "finished":
+        job.wandb = data.get("wandb") or job.wandb
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry of the same report
+        session.rollback()
+        return False
+    return True

@@ -1,0 +1,108 @@
+"""Launching jobs through the Ray Jobs API, so runs outlive the service.
+
+With no Ray address configured, `LocalRayHead` starts a Ray head on loopback with token
+authentication (Ray 2.60 refuses Jobs API calls without it) and stops it on shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+class LocalRayHead:
+    """A Ray head on 127.0.0.1 for the service's own use."""
+
+    def __init__(self, dashboard_port: int = 8265):
+        self.dashboard_port = dashboard_port
+        self.address = f"http://127.0.0.1:{dashboard_port}"
+
+    def start(self) -> None:
+        env = {**os.environ, **RAY_ENV}
+        os.environ.update(RAY_ENV)
+        subprocess.run([_ray_bin(), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
+                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([_ray_bin(), "stop", "--force"], env={**os.environ, **RAY_ENV}, capture_output=True)
+
+
+@dataclass
+class RayStatus:
+    state: str          # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, or MISSING
+    message: str = ""
+
+
+class RayJobsLauncher:
+    """Submits `python -m trainer.run SPEC` as a Ray job and reads its status back."""
+
+    def __init__(self, address: str, project_dir: Path, python: str | None = None):
+        from ray.job_submission import JobSubmissionClient
+
+        os.environ.update(RAY_ENV)
+        self.address, self.project_dir = address, project_dir
+        self.python = python or sys.executable
+        self.client = self._connect(JobSubmissionClient, address)
+
+    @staticmethod
+    def _connect(cls, address: str, attempts: int = 60):
+        for i in range(attempts):
+            try:
+                return cls(address)
+            except Exception:  # noqa: BLE001 - the dashboard takes a few seconds to come up
+                if i == attempts - 1:
+                    raise
+                time.sleep(1)
+
+    def submit(self, job_id: str, spec: dict, report_url: str, token: str) -> str:
+        run_dir = Path(spec["output_dir"]).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = run_dir / "spec.json"
+        spec = {**spec, "output_dir": str(run_dir)}
+        spec_path.write_text(json.dumps(spec, indent=2))
+        entrypoint = (f"cd {shlex.quote(str(self.project_dir))} && {shlex.quote(self.python)} -m trainer.run "
+                      f"{shlex.quote(str(spec_path))} --report-url {shlex.quote(report_url)} --job-id {job_id}")
+        return self.client.submit_job(
+            entrypoint=entrypoint, submission_id=f"{job_id}-{int(time.time())}",
+            runtime_env={"env_vars": {"FLYWHEEL_REPORT_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+                                      "WANDB_SILENT": "true"}},
+        )
+
+    def status(self, ray_job_id: str) -> RayStatus:
+        try:
+            info = self.client.get_job_info(ray_job_id)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return RayStatus("MISSING", f"Ray has no job {ray_job_id}")
+            raise
+        return RayStatus(str(info.status.value if hasattr(info.status, "value") else info.status), info.message or "")
+
+    def logs_tail(self, ray_job_id: str, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.client.get_job_logs(ray_job_id).splitlines()[-lines:])
+        except Exception:  # noqa: BLE001 - logs are best-effort context for an error message
+            return ""
+
+    def stop(self, ray_job_id: str) -> None:
+        self.client.stop_job(ray_job_id)
+
+    def ping(self) -> str:
+        try:
+            self.client.list_jobs()
+            return "ok"
+        except Exception as exc:  # noqa: BLE001 - readiness reports it
+            return f"error: {exc}"

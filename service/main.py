@@ -1,0 +1,71 @@
+"""The FastAPI app. `create_app(settings)` builds it; `flywheel serve` runs it with uvicorn.
+
+On start it migrates the store, connects to Ray (starting a local head when no address is set),
+reconciles every live job with Ray, and runs the scheduler; on shutdown it stops what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+
+from service import errors
+from service.api.routes import catalog, health, jobs, report
+from service.config import Settings
+from service.launcher import LocalRayHead, RayJobsLauncher
+from service.scheduler import Scheduler
+from service.store import make_engine, migrate, session_factory
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        app.state.sessions = session_factory(engine)
+        head, task = None, None
+        app.state.launcher = None
+        if settings.launch:
+            address = settings.ray_address
+            if address is None:
+                head = LocalRayHead()
+                await asyncio.to_thread(head.start)
+                address = head.address
+            app.state.launcher = await asyncio.to_thread(RayJobsLauncher, address, PROJECT_DIR)
+            scheduler = Scheduler(app.state.sessions, app.state.launcher, settings)
+            await asyncio.to_thread(scheduler.reconcile)  # before anything new starts
+            task = asyncio.create_task(scheduler.run_forever())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            if head is not None:
+                await asyncio.to_thread(head.stop)
+            engine.dispose()
+
+    app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = health.ServiceMetrics()
+    errors.install(app)
+    for module in (jobs, report, catalog, health):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        app.state.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        app.state.metrics.latency.labels(request.method, route).observe(time.perf_counter() - start)
+        return response
+
+    return app

@@ -1,0 +1,81 @@
+"""The scheduler: start queued jobs when their team's quota and the cluster allow (FIFO within
+priority), and reconcile live jobs with Ray's own record of them.
+
+It runs in the service process as one asyncio task (`run_forever`); each `tick` is plain
+synchronous code on a fresh session, so tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select
+
+from service import jobs as logic
+from service.auth import new_job_token
+from service.states import LIVE, JobState
+from service.store import Job, Team
+
+log = logging.getLogger("flywheel.scheduler")
+
+RAY_TERMINAL = {"SUCCEEDED": JobState.succeeded, "FAILED": JobState.failed, "STOPPED": JobState.cancelled}
+
+
+class Scheduler:
+    def __init__(self, sessions, launcher, settings):
+        self.sessions, self.launcher, self.settings = sessions, launcher, settings
+
+    def tick(self) -> None:
+        self.reconcile()
+        self.start_queued()
+
+    def reconcile(self) -> None:
+        """Correct every live job's record from Ray: finished, failed, stopped, or vanished."""
+        with self.sessions() as session:
+            for job in session.scalars(select(Job).where(Job.state.in_([s.value for s in LIVE]))).all():
+                if not job.ray_job_id:
+                    continue
+                status = self.launcher.status(job.ray_job_id)
+                if status.state == "RUNNING" and job.state == JobState.starting:
+                    continue  # the trainer marks it running when it reports in
+                if status.state == "MISSING":
+                    logic.transition(session, job, JobState.failed, "vanished from Ray",
+                                     error=f"the Ray job {job.ray_job_id} no longer exists (cluster restarted?)")
+                elif status.state in RAY_TERMINAL:
+                    target = RAY_TERMINAL[status.state]
+                    error = None
+                    if target == JobState.failed:
+                        error = (status.message + "\n" + self.launcher.logs_tail(job.ray_job_id)).strip()
+                    logic.transition(session, job, target, f"Ray reports the job {status.state.lower()}", error)
+                session.commit()
+
+    def start_queued(self) -> None:
+        with self.sessions() as session:
+            live = len(session.scalars(select(Job.id).where(Job.state.in_([s.value for s in LIVE]))).all())
+            queued = session.scalars(select(Job).where(Job.state == JobState.queued)
+                                     .order_by(Job.priority.desc(), Job.created_at)).all()
+            for job in queued:
+                if live >= self.settings.max_running_jobs:
+                    return
+                team = session.get(Team, job.team_id)
+                if logic.live_count(session, team.id) >= team.max_concurrent_jobs:
+                    continue  # this team is at its quota; later teams' jobs may still start
+                token, token_hash = new_job_token()
+                job.report_token_hash = token_hash
+                logic.transition(session, job, JobState.starting, "submitted to Ray")
+                session.commit()
+                try:
+                    job.ray_job_id = self.launcher.submit(job.id, job.spec, self.settings.report_url, token)
+                except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the service goes on
+                    logic.transition(session, job, JobState.failed, "launch failed", error=f"launch failed: {exc}")
+                session.commit()
+                live += 1
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # noqa: BLE001 - one bad tick must not stop scheduling
+                log.exception("scheduler tick failed")
+            await asyncio.sleep(self.settings.scheduler_interval_s)
