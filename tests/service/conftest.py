@@ -1,0 +1,77 @@
+"""A real service on a real store (SQLite file, or Postgres with FLYWHEEL_TEST_DATABASE_URL),
+driven over HTTP with FastAPI's TestClient; launching is off, so jobs stay queued."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from service.auth import new_api_key
+from service.config import Settings
+from service.main import create_app
+from service.store import ApiKey, Team, make_engine, migrate, session_factory
+
+PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")
+STORES = ["sqlite"] + (["postgres"] if PG_URL else [])
+
+
+def _fresh_postgres() -> str:
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return PG_URL
+
+
+@pytest.fixture(params=STORES)
+def database_url(request, tmp_path) -> str:
+    return _fresh_postgres() if request.param == "postgres" else f"sqlite:///{tmp_path / 'flywheel.db'}"
+
+
+@pytest.fixture
+def app(database_url, tmp_path):
+    return create_app(Settings(database_url=database_url, launch=False, runs_dir=tmp_path / "runs"))
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+class Teams:
+    """Creates teams and keys straight in the store, as `flywheel admin` does."""
+
+    def __init__(self, url: str):
+        migrate(url)
+        self.sessions = session_factory(make_engine(url))
+
+    def key(self, team_name: str, quota: int = 2) -> tuple[str, str]:
+        with self.sessions() as s:
+            team = s.query(Team).filter_by(name=team_name).one_or_none()
+            if team is None:
+                team = Team(name=team_name, max_concurrent_jobs=quota)
+                s.add(team)
+                s.flush()
+            key, key_hash, prefix = new_api_key()
+            record = ApiKey(team_id=team.id, key_hash=key_hash, prefix=prefix)
+            s.add(record)
+            s.commit()
+            return key, record.id
+
+    def revoke(self, key_id: str) -> None:
+        with self.sessions() as s:
+            s.get(ApiKey, key_id).revoked = True
+            s.commit()
+
+
+@pytest.fixture
+def teams(database_url) -> Teams:
+    return Teams(database_url)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
