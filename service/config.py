@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     """An existing Ray cluster's dashboard address (http://head:8265). Unset: the service starts a
     local Ray head on loopback and stops it on shutdown."""
 
+    ray_dashboard_port: int = 8265
+    """Dashboard (Jobs API) port of the local Ray head the service starts."""
+
     runs_dir: Path = Path("runs/jobs")
     """Where job folders (spec, checkpoints, exported model, wandb files) are written."""
 

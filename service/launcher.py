@@ -22,6 +22,16 @@ def _ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
+def ray_auth_headers() -> dict[str, str]:
+    """The cluster token as an HTTP header, from RAY_AUTH_TOKEN or the token file. Sent explicitly:
+    Ray settles whether auth is on when it is first used in a process, which may predate us."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and path.exists():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class LocalRayHead:
     """A Ray head on 127.0.0.1 for the service's own use."""
 
@@ -62,7 +72,7 @@ class RayJobsLauncher:
     def _connect(cls, address: str, attempts: int = 60):
         for i in range(attempts):
             try:
-                return cls(address)
+                return cls(address, headers=ray_auth_headers())
             except Exception:  # noqa: BLE001 - the dashboard takes a few seconds to come up
                 if i == attempts - 1:
                     raise

@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.launch:
             address = settings.ray_address
             if address is None:
-                head = LocalRayHead()
+                head = LocalRayHead(settings.ray_dashboard_port)
                 await asyncio.to_thread(head.start)
                 address = head.address
             app.state.launcher = await asyncio.to_thread(RayJobsLauncher, address, PROJECT_DIR)

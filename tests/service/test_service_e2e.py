@@ -1,0 +1,170 @@
+"""The real thing: the service over HTTP, a Ray head, jobs launched through the Ray Jobs API,
+the trainer reporting back, and the CLI following a job to its end.
+
+The Ray head is started here (as an existing cluster would be) so that the service can be
+stopped and started again while a job runs. `ray stop` ends every Ray process on the machine,
+so this module runs after the integration tests, which use an in-process Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.conftest import DIGITS, ROOT
+from tests.service.conftest import Teams, auth
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    import ray
+
+    from service.launcher import LocalRayHead
+
+    ray.shutdown()  # the integration tests' in-process Ray
+    head = LocalRayHead(free_port())
+    head.start()
+    yield head.address
+    head.stop()
+
+
+class Service:
+    def __init__(self, settings):
+        from service.main import create_app
+
+        self.url = f"http://{settings.host}:{settings.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.2)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def settings(ray_head, tmp_path):
+    from service.config import Settings
+
+    return Settings(database_url=f"sqlite:///{tmp_path / 'fw.db'}", port=free_port(), ray_address=ray_head,
+                    runs_dir=tmp_path / "runs", scheduler_interval_s=0.5)
+
+
+def spec(model, steps: int, checkpoint_interval: int) -> dict:
+    return {"name": "e2e", "model": {"path": str(model)},
+            "environment": {"name": "dataset", "config": {"train": str(DIGITS)}},
+            "rewards": [{"import_path": "tests.fixtures.trl_rewards:digit_share"}],
+            "algorithm": {"type": "grpo", "group_size": 4},
+            "rollout": {"prompts_per_step": 4, "max_new_tokens": 8},
+            "learner": {"ranks": 2, "micro_batch": 8, "lr": 3e-3},
+            "schedule": {"steps": steps, "checkpoint_interval": checkpoint_interval},
+            "logging": {"wandb_mode": "offline"}}
+
+
+def wait_for(client, job_id, predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        assert job["state"] not in ("failed",), job["error"]
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last seen {job}")
+
+
+def test_job_runs_to_success_and_the_cli_follows_it(settings, tiny_model):
+    service = Service(settings)
+    key = Teams(settings.database_url).key("alice")[0]
+    try:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=30) as c:
+            job = c.post("/v1/jobs", json=spec(tiny_model, steps=4, checkpoint_interval=2)).json()
+            assert job["state"] == "queued"
+            env = {**os.environ, "FLYWHEEL_URL": service.url, "FLYWHEEL_API_KEY": key}
+            follow = subprocess.run([sys.executable, "-m", "service.cli", "follow", job["id"], "--interval", "0.5"],
+                                    env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+            assert follow.returncode == 0, follow.stdout + follow.stderr
+            assert f"{job['id']} succeeded" in follow.stdout
+            done = c.get(f"/v1/jobs/{job['id']}").json()
+            assert done["state"] == "succeeded" and done["step"] == 4 and done["wandb"]
+            kinds = [e["kind"] for e in c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["events"]]
+            assert kinds[:3] == ["queued", "starting", "started"] and kinds[-1] == "succeeded"
+            assert kinds.count("step") == 4 and kinds.count("checkpoint") == 2 and "finished" in kinds
+            assert [m["step"] for m in c.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]] == [1, 2, 3, 4]
+            assert [k["step"] for k in c.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]] == [2, 4]
+    finally:
+        service.stop()
+
+
+def test_cancel_a_running_job_keeps_its_checkpoints(settings, tiny_model):
+    from service.launcher import RayJobsLauncher
+
+    service = Service(settings)
+    key = Teams(settings.database_url).key("alice")[0]
+    try:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=30) as c:
+            job = c.post("/v1/jobs", json=spec(tiny_model, steps=500, checkpoint_interval=1)).json()
+            running = wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 2)
+            assert running["queue_position"] is None
+            cancelled = c.post(f"/v1/jobs/{job['id']}/cancel").json()
+            assert cancelled["state"] == "cancelled"
+            launcher = RayJobsLauncher(settings.ray_address, ROOT)
+            ray_job = _ray_job_id(settings, job["id"])
+            deadline = time.monotonic() + 60
+            while launcher.status(ray_job).state not in ("STOPPED", "FAILED"):
+                assert time.monotonic() < deadline, "Ray job did not stop"
+                time.sleep(0.5)
+            time.sleep(2)  # the scheduler must not resurrect or re-mark it
+            assert c.get(f"/v1/jobs/{job['id']}").json()["state"] == "cancelled"
+            assert len(c.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]) >= 1
+    finally:
+        service.stop()
+
+
+def _ray_job_id(settings, job_id):
+    from service.store import Job, make_engine, session_factory
+
+    with session_factory(make_engine(settings.database_url))() as s:
+        return s.get(Job, job_id).ray_job_id
+
+
+def test_service_restart_while_a_job_runs_loses_and_doubles_nothing(settings, tiny_model):
+    service = Service(settings)
+    key = Teams(settings.database_url).key("alice")[0]
+    steps = 12
+    with httpx.Client(base_url=service.url, headers=auth(key), timeout=30) as c:
+        job = c.post("/v1/jobs", json=spec(tiny_model, steps=steps, checkpoint_interval=4)).json()
+        wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 1)
+    service.stop()
+    time.sleep(4)  # the trainer keeps training and buffers its reports meanwhile
+    service = Service(settings)
+    try:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=30) as c:
+            done = wait_for(c, job["id"], lambda j: j["state"] in ("succeeded", "cancelled"), timeout=400)
+            assert done["state"] == "succeeded" and done["step"] == steps
+            events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["events"]
+            trainer_seqs = [e["seq"] for e in events if e["seq"] > 0]
+            assert trainer_seqs == sorted(set(trainer_seqs)) == list(range(1, len(trainer_seqs) + 1))
+            assert [e["kind"] for e in events].count("step") == steps
+            assert [m["step"] for m in c.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]] == list(range(1, steps + 1))
+    finally:
+        service.stop()
