@@ -7,7 +7,7 @@ TINY   := runs/tiny-model
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install test test-fast demo bench bench-service serve lint clean
 
 install: $(STAMP)
 
@@ -30,8 +30,15 @@ demo: install $(TINY)/config.json   ## a small GRPO job end to end on local Ray,
 	rm -rf runs/demo
 	$(BIN)/python -m trainer.run configs/demo.toml
 
-bench: install           ## Flywheel vs TRL's GRPOTrainer on the same tiny job
+bench: install           ## Flywheel vs TRL's GRPOTrainer on the same tiny job, and the API under load
 	$(BIN)/python bench/grpo_vs_trl.py
+	$(MAKE) bench-service
+
+bench-service: install   ## 50 concurrent clients against the API on SQLite and PostgreSQL
+	$(BIN)/python bench/service_load.py --postgres "$$(bash .ci/postgres.sh start)"
+
+serve: install           ## the API on 127.0.0.1:8000 with its own local Ray head
+	$(BIN)/flywheel serve
 
 lint: install
 	$(BIN)/python -m ruff check .
