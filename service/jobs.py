@@ -85,6 +85,13 @@ def queue_position(session: Session, job: Job) -> int | None:
     return ahead + 1
 
 
+def queue_positions(session: Session) -> dict[str, int]:
+    """Every queued job's position, in one query (for listings)."""
+    ids = session.scalars(select(Job.id).where(Job.state == JobState.queued)
+                          .order_by(Job.priority.desc(), Job.created_at)).all()
+    return {job_id: i + 1 for i, job_id in enumerate(ids)}
+
+
 def live_count(session: Session, team_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(
         Job.team_id == team_id, Job.state.in_([s.value for s in LIVE])))

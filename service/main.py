@@ -11,7 +11,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from service import errors
 from service.api.routes import catalog, health, jobs, report
@@ -59,13 +59,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, report, catalog, health):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        app.state.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        app.state.metrics.latency.labels(request.method, route).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+class RequestMetrics:
+    """Counts and times requests by route template. Plain ASGI: no per-request task group."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - start)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -62,7 +63,8 @@ class ApiKey(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("team_id", "idempotency_key"),)
+    __table_args__ = (UniqueConstraint("team_id", "idempotency_key"),
+                      Index("ix_jobs_queue", "state", "priority", "created_at"))
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"), index=True)
     name: Mapped[str] = mapped_column(String(64))

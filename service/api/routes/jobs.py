@@ -38,9 +38,10 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
-def job_out(session, job: Job) -> JobOut:
+def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOut:
+    position = positions.get(job.id) if positions is not None else logic.queue_position(session, job)
     return JobOut(id=job.id, name=job.name, state=job.state, priority=job.priority,
-                  queue_position=logic.queue_position(session, job), step=job.step, steps=job.steps,
+                  queue_position=position, step=job.step, steps=job.steps,
                   progress=job.step / job.steps if job.steps else 0.0, latest_metrics=job.latest_metrics,
                   wandb=job.wandb, run_dir=job.run_dir, error=job.error, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at)
@@ -84,7 +85,8 @@ def list_jobs(session: SessionDep, team: TeamDep, state: JobState | None = None,
         query = query.where(Job.name == name)
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
-    return JobPage(jobs=[job_out(session, j) for j in rows], total=total, offset=offset, limit=limit)
+    positions = logic.queue_positions(session) if any(j.state == JobState.queued for j in rows) else {}
+    return JobPage(jobs=[job_out(session, j, positions) for j in rows], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("finished_at", TS),
         sa.UniqueConstraint("team_id", "idempotency_key"),
     )
+    op.create_index("ix_jobs_queue", "jobs", ["state", "priority", "created_at"])
     for table, extra in (
         ("job_events", [sa.Column("seq", sa.Integer, nullable=False), sa.Column("kind", sa.String(40), nullable=False),
                         sa.Column("message", sa.Text, nullable=False), sa.Column("data", sa.JSON)]),
