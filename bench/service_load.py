@@ -1,4 +1,4 @@
-"""Load on the control plane: 50 concurrent clients creating, listing and reading jobs (launching
+"""Load on the control plane: 50 concurrent clients (aiohttp, one process) creating, listing and reading jobs (launching
 off) for a fixed number of requests, against the real server on SQLite and, given a URL, on
 PostgreSQL. Prints throughput and p50/p99 latency per endpoint, and the error count.
 
@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,28 +63,29 @@ def spec(model: str) -> dict:
             "rewards": [{"name": "regex", "config": {"pattern": "[0-9]+"}}]}
 
 
-async def client_loop(base: str, key: str, model: str, quota: list, lat: dict, errors: list, ids: list, rng):
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
-        while quota:
-            quota.pop()
-            roll = rng.random()
-            if roll < 0.2 or not ids:
-                name, call = "POST /v1/jobs", c.post("/v1/jobs", json=spec(model))
-            elif roll < 0.5:
-                name, call = "GET /v1/jobs", c.get("/v1/jobs", params={"limit": 20})
-            else:
-                name, call = "GET /v1/jobs/{id}", c.get(f"/v1/jobs/{rng.choice(ids)}")
-            start = time.perf_counter()
-            try:
-                r = await call
-                ok = r.status_code < 400
+async def client_loop(session, base: str, model: str, quota: list, lat: dict, errors: list, ids: list, rng):
+    body = spec(model)
+    while quota:
+        quota.pop()
+        roll = rng.random()
+        if roll < 0.2 or not ids:
+            name, method, url, kw = "POST /v1/jobs", "POST", f"{base}/v1/jobs", {"json": body}
+        elif roll < 0.5:
+            name, method, url, kw = "GET /v1/jobs", "GET", f"{base}/v1/jobs?limit=20", {}
+        else:
+            name, method, url, kw = "GET /v1/jobs/{id}", "GET", f"{base}/v1/jobs/{rng.choice(ids)}", {}
+        start = time.perf_counter()
+        try:
+            async with session.request(method, url, **kw) as r:
+                payload = await r.json()
+                ok = r.status < 400
                 if name == "POST /v1/jobs" and ok:
-                    ids.append(r.json()["id"])
-            except httpx.HTTPError as exc:
-                ok, r = False, exc
-            lat[name].append(time.perf_counter() - start)
-            if not ok:
-                errors.append(f"{name}: {r}")
+                    ids.append(payload["id"])
+        except aiohttp.ClientError as exc:
+            ok, payload = False, exc
+        lat[name].append(time.perf_counter() - start)
+        if not ok:
+            errors.append(f"{name}: {payload}")
 
 
 def run(store: str, url: str, model: str, clients: int, requests: int) -> None:
@@ -106,8 +108,11 @@ def run(store: str, url: str, model: str, clients: int, requests: int) -> None:
         start = time.perf_counter()
 
         async def main():
-            await asyncio.gather(*(client_loop(base, key, model, quota, lat, errors, ids, random.Random(i))
-                                   for i in range(clients)))
+            headers = {"Authorization": f"Bearer {key}"}
+            connector = aiohttp.TCPConnector(limit=clients)
+            async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+                await asyncio.gather(*(client_loop(session, base, model, quota, lat, errors, ids, random.Random(i))
+                                       for i in range(clients)))
 
         asyncio.run(main())
         wall = time.perf_counter() - start

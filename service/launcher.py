@@ -39,9 +39,20 @@ class LocalRayHead:
         self.dashboard_port = dashboard_port
         self.address = f"http://127.0.0.1:{dashboard_port}"
 
+    def running(self) -> bool:
+        """Whether a head already answers on our dashboard port (left by a service that was killed)."""
+        import httpx
+
+        try:
+            return httpx.get(f"{self.address}/api/version", headers=ray_auth_headers(), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def start(self) -> None:
         env = {**os.environ, **RAY_ENV}
         os.environ.update(RAY_ENV)
+        if self.running():
+            return  # adopt it: its jobs are ours, and reconcile picks them up
         subprocess.run([_ray_bin(), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),

@@ -1,0 +1,70 @@
+"""Kill the service (SIGKILL, no shutdown) while a job runs on its embedded Ray head, start it
+again: it adopts the head, reconciles, and tracks the job to `succeeded` with no event or metric
+lost or stored twice. Runs after test_service_e2e.py: stopping the embedded head at the end ends
+every Ray process on the machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.service.conftest import Teams, auth
+from tests.service.test_service_e2e import free_port, spec, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def serve(env: dict, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, "the service exited"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json().get("ready"):
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "service did not become ready"
+        time.sleep(0.5)
+
+
+def test_killed_service_restarts_and_tracks_the_job_to_success(tiny_model, tmp_path):
+    import ray
+
+    ray.shutdown()
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'fw.db'}"
+    env = {**os.environ, "FLYWHEEL_DATABASE_URL": db, "FLYWHEEL_RUNS_DIR": str(tmp_path / "runs"),
+           "FLYWHEEL_RAY_DASHBOARD_PORT": str(free_port()), "FLYWHEEL_SCHEDULER_INTERVAL_S": "0.5"}
+    env.pop("FLYWHEEL_RAY_ADDRESS", None)
+    key = Teams(db).key("alice")[0]
+    steps = 12
+    service = serve(env, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth(key), timeout=30) as c:
+            job = c.post("/v1/jobs", json=spec(tiny_model, steps=steps, checkpoint_interval=4)).json()
+            wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 1)
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+        time.sleep(3)  # the trainer keeps going and buffers its reports
+        service = serve(env, port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth(key), timeout=30) as c:
+            done = wait_for(c, job["id"], lambda j: j["state"] in ("succeeded", "cancelled"), timeout=400)
+            assert done["state"] == "succeeded" and done["step"] == steps
+            events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["events"]
+            trainer_seqs = [e["seq"] for e in events if e["seq"] > 0]
+            assert trainer_seqs == list(range(1, len(trainer_seqs) + 1))
+            kinds = [e["kind"] for e in events]
+            assert kinds.count("step") == steps and kinds.count("checkpoint") == 3 and kinds.count("finished") == 1
+            metrics = c.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]
+            assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    finally:
+        service.send_signal(signal.SIGTERM)  # a graceful stop: the service stops its Ray head
+        service.wait(60)
