@@ -117,10 +117,15 @@ class JobCheckpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
+POOL_SIZE = 40  # anyio's default thread-pool size, which FastAPI's sync routes and dependencies share
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # The pool is as large as the request thread pool (40), so no request waits for a connection.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=POOL_SIZE, max_overflow=10)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record):
@@ -130,7 +135,7 @@ def make_engine(url: str) -> Engine:
             conn.execute("PRAGMA synchronous=NORMAL")
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=10, pool_pre_ping=True)
 
 
 def migrate(url: str) -> None:
