@@ -121,9 +121,13 @@ class Learner:
         if self.reference is not None:
             self.reference.to(self.engine.device)
 
-    def _logprobs(self, model, input_ids, attention, need_logits=False):
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float() / self.temperature
-        return token_logprobs(logits, input_ids[:, 1:]), (logits if need_logits else None)
+    def _logprobs(self, model, input_ids, attention, first: int, need_logits=False):
+        """Logprobs of tokens first+1 … end. Positions before `first` (the shortest prompt's last
+        token) predict only prompt tokens, so the LM head and softmax skip them."""
+        keep = input_ids.shape[1] - first
+        out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
+        logits = out.logits[:, :-1].float() / self.temperature
+        return token_logprobs(logits, input_ids[:, first + 1 :]), (logits if need_logits else None)
 
     def train_step(self, batch: LearnBatch, counts: StepCounts) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
@@ -134,11 +138,13 @@ class Learner:
             stop = start + self.micro_batch
             input_ids, attention, mask, old, adv = (t.to(device) for t in
                                                     pad_batch(batch, start, stop, self.tokenizer.pad_token_id))
-            logprobs, logits = self._logprobs(self.engine, input_ids, attention, need_logits=True)
+            first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
+            mask, old = mask[:, first:], old[:, first:]
+            logprobs, logits = self._logprobs(self.engine, input_ids, attention, first, need_logits=True)
             per_token, clipped = clipped_policy_loss(logprobs, old, adv, algo.clip_eps_low, algo.clip_eps_high)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logprobs, _ = self._logprobs(self.reference, input_ids, attention)
+                    ref_logprobs, _ = self._logprobs(self.reference, input_ids, attention, first)
                 kl = k3_kl(logprobs, ref_logprobs)
                 per_token = per_token + algo.kl_beta * kl
                 stats["kl_sum"] += float((kl.detach() * mask).sum())
