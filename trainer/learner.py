@@ -19,13 +19,7 @@ from pathlib import Path
 import torch
 
 from trainer.affinity import pin_to_core
-from trainer.algorithms.losses import (
-    aggregate,
-    clipped_policy_loss,
-    entropy_from_logits,
-    k3_kl,
-    token_logprobs,
-)
+from trainer.algorithms.losses import aggregate, clipped_policy_loss, k3_kl, token_logprobs_and_entropy
 
 
 @dataclass
@@ -121,13 +115,13 @@ class Learner:
         if self.reference is not None:
             self.reference.to(self.engine.device)
 
-    def _logprobs(self, model, input_ids, attention, first: int, need_logits=False):
-        """Logprobs of tokens first+1 … end. Positions before `first` (the shortest prompt's last
-        token) predict only prompt tokens, so the LM head and softmax skip them."""
+    def _logprobs(self, model, input_ids, attention, first: int):
+        """Logprobs and entropies of tokens first+1 … end. Positions before `first` (the shortest
+        prompt's last token) predict only prompt tokens, so the LM head and softmax skip them."""
         keep = input_ids.shape[1] - first
         out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
         logits = out.logits[:, :-1].float() / self.temperature
-        return token_logprobs(logits, input_ids[:, first + 1 :]), (logits if need_logits else None)
+        return token_logprobs_and_entropy(logits, input_ids[:, first + 1 :])
 
     def train_step(self, batch: LearnBatch, counts: StepCounts) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
@@ -140,7 +134,7 @@ class Learner:
                                                     pad_batch(batch, start, stop, self.tokenizer.pad_token_id))
             first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
             mask, old = mask[:, first:], old[:, first:]
-            logprobs, logits = self._logprobs(self.engine, input_ids, attention, first, need_logits=True)
+            logprobs, entropy = self._logprobs(self.engine, input_ids, attention, first)
             per_token, clipped = clipped_policy_loss(logprobs, old, adv, algo.clip_eps_low, algo.clip_eps_high)
             if self.reference is not None:
                 with torch.no_grad():
@@ -154,7 +148,7 @@ class Learner:
             with torch.no_grad():
                 stats["loss"] += float(loss)
                 stats["clipped_tokens"] += float((clipped & mask).sum())
-                stats["entropy_sum"] += float((entropy_from_logits(logits) * mask).sum())
+                stats["entropy_sum"] += float((entropy * mask).sum())
                 stats["tokens"] += float(mask.sum())
         grad_norm = self.engine.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0

@@ -10,6 +10,7 @@ from trainer.algorithms.losses import (
     k3_kl,
     masked_mean,
     token_logprobs,
+    token_logprobs_and_entropy,
 )
 
 
@@ -77,3 +78,12 @@ def test_masked_mean_entropy_and_token_logprobs():
     assert entropy_from_logits(uniform).flatten().tolist() == pytest.approx([math.log(4)])
     logits = torch.tensor([[[0.0, math.log(3.0)]]])  # probabilities 1/4, 3/4
     assert token_logprobs(logits, torch.tensor([[1]])).flatten().tolist() == pytest.approx([math.log(0.75)])
+
+
+def test_logprobs_and_entropy_in_one_pass_match_the_separate_functions():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [1.0, 1.0]]], requires_grad=True)
+    tokens = torch.tensor([[1, 0]])
+    logprobs, entropy = token_logprobs_and_entropy(logits, tokens)
+    assert logprobs.flatten().tolist() == pytest.approx([math.log(0.75), math.log(0.5)])
+    assert entropy.flatten().tolist() == pytest.approx(entropy_from_logits(logits).flatten().tolist())
+    assert logprobs.requires_grad and not entropy.requires_grad

@@ -82,3 +82,12 @@ def entropy_from_logits(logits_B_T_V: torch.Tensor) -> torch.Tensor:
 def token_logprobs(logits_B_T_V: torch.Tensor, tokens_B_T: torch.Tensor) -> torch.Tensor:
     """Log-probability of each chosen token; logits must already be divided by the temperature."""
     return torch.log_softmax(logits_B_T_V, dim=-1).gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs_and_entropy(logits_B_T_V: torch.Tensor, tokens_B_T: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` and a detached per-token entropy from one log-softmax."""
+    logp_B_T_V = torch.log_softmax(logits_B_T_V, dim=-1)
+    with torch.no_grad():
+        entropy_B_T = -(logp_B_T_V.exp() * logp_B_T_V).sum(dim=-1)
+    return logp_B_T_V.gather(-1, tokens_B_T.unsqueeze(-1)).squeeze(-1), entropy_B_T
