@@ -58,5 +58,5 @@ class EnvironmentConfigError(ValueError):
     """Bad environment config or data; `field` is the dotted path under `environment.config`."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"environment.config.{field}: {message}")

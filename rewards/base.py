@@ -38,7 +38,7 @@ class RewardConfigError(ValueError):
     """A reward module's config failed its model; `field` is the dotted path inside `config`."""
 
     def __init__(self, module: str, field: str, message: str):
-        self.module, self.field = module, field
+        self.module, self.field, self.message = module, field, message
         super().__init__(f"reward {module!r}: config.{field}: {message}" if field else
                          f"reward {module!r}: {message}")
 

@@ -39,7 +39,7 @@ def preflight(spec: JobSpec):
     except UnknownEnvironmentError as exc:
         raise SpecError([{"field": "environment.name", "message": str(exc)}]) from None
     except EnvironmentConfigError as exc:
-        raise SpecError([{"field": f"environment.config.{exc.field}", "message": str(exc).split(": ", 1)[1]}]) from None
+        raise SpecError([{"field": f"environment.config.{exc.field}", "message": exc.message}]) from None
     errors = []
     for i, r in enumerate(spec.rewards):
         try:
@@ -48,7 +48,7 @@ def preflight(spec: JobSpec):
             errors.append({"field": f"rewards.{i}.{'name' if r.name else 'import_path'}", "message": str(exc)})
         except RewardConfigError as exc:
             errors.append({"field": f"rewards.{i}.config{'.' + exc.field if exc.field else ''}",
-                           "message": str(exc).split(": ", 2)[-1]})
+                           "message": exc.message})
     if errors:
         raise SpecError(errors)
     return env
