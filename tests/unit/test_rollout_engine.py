@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 from environments import Task
 from trainer.algorithms.losses import token_logprobs
 from trainer.learner import LearnBatch, pad_batch
-from trainer.rollout.engine import SamplingParams
+from trainer.rollout.engine import SamplingParams, processed_logprobs
 from trainer.rollout.worker import RolloutWorker
 
 TASKS = [Task("0", [{"role": "user", "content": "How many apples?"}]),
@@ -52,3 +52,28 @@ def test_same_seed_same_samples_and_weights_update(worker):
     assert worker.update_weights(state, version=3) == 3
     assert all(float(p.detach().abs().sum()) == 0 for p in worker.engine.model.parameters())
     assert worker.generate(TASKS[:1], 0, 1, SamplingParams(4), seed=0)[0].weights_version == 3
+
+
+def test_top_p_keeps_the_nucleus_and_renormalises():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    logp = processed_logprobs(logits, temperature=1.0, top_p=0.75)
+    # 0.5 + 0.3 reaches 0.75: the nucleus is the first two tokens, renormalised to 0.625 / 0.375.
+    torch.testing.assert_close(logp.exp(), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    # The most likely token always stays, however small top_p is.
+    assert processed_logprobs(logits, 1.0, 0.01).exp()[0, 0] == 1.0
+    torch.testing.assert_close(processed_logprobs(logits, 2.0, 1.0), (logits / 2).log_softmax(-1))
+
+
+def test_top_p_samples_lie_in_the_nucleus_with_its_logprobs(tiny_model):
+    worker = RolloutWorker("hf", str(tiny_model), "float32")  # its own: another test zeroes the shared one
+    sampling = SamplingParams(8, temperature=1.0, top_p=0.3)
+    samples = worker.generate(TASKS, 0, 4, sampling, seed=3)
+    model = worker.engine.model
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.completion.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1]
+        expected = processed_logprobs(logits, 1.0, 0.3)
+        chosen = expected.gather(-1, torch.tensor(s.completion.token_ids)[:, None]).squeeze(1)
+        assert torch.isfinite(chosen).all()  # never a token outside the nucleus
+        torch.testing.assert_close(chosen, torch.tensor(s.completion.logprobs), atol=1e-4, rtol=0)
