@@ -8,9 +8,11 @@ from pydantic import ValidationError
 
 from environments.base import Environment, EnvironmentConfigError
 from environments.dataset import DatasetEnvironment
+from environments.support_desk import SupportDeskEnvironment
 
 ENVIRONMENTS: dict[str, type] = {
     "dataset": DatasetEnvironment,
+    "support_desk": SupportDeskEnvironment,
 }
 
 

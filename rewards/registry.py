@@ -19,6 +19,7 @@ from typing import Any
 from rewards import builtin
 from rewards.base import RewardModule, bind, config_schema
 from rewards.http import http
+from rewards.resolution import resolution
 
 ENTRY_POINT_GROUP = "flywheel.rewards"
 
@@ -32,6 +33,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "repetition_penalty": builtin.repetition_penalty,
     "think_format": builtin.think_format,
     "http": http,
+    "resolution": resolution,
 }
 
 

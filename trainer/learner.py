@@ -112,21 +112,23 @@ class Learner:
             "steps_per_print": 10**9,
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.rl_lr = learner.lr
         if self.reference is not None:
             self.reference.to(self.engine.device)
 
-    def _logprobs(self, model, input_ids, attention, first: int):
+    def _logprobs(self, model, input_ids, attention, first: int, temperature: float | None = None):
         """Logprobs and entropies of tokens first+1 … end. Positions before `first` (the shortest
         prompt's last token) predict only prompt tokens, so the LM head and softmax skip them."""
         keep = input_ids.shape[1] - first
         out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
-        logits = out.logits[:, :-1].float() / self.temperature
+        logits = out.logits[:, :-1].float() / (temperature or self.temperature)
         return token_logprobs_and_entropy(logits, input_ids[:, first + 1 :])
 
     def train_step(self, batch: LearnBatch, counts: StepCounts) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
         algo, device = self.algorithm, self.engine.device
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0}
+        self._set_lr(self.rl_lr)
         self.engine.train()
         for start in range(0, len(batch.advantages), self.micro_batch):
             stop = start + self.micro_batch
@@ -153,6 +155,29 @@ class Learner:
         grad_norm = self.engine.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         return stats
+
+    def sft_step(self, batch: LearnBatch, counts: StepCounts, lr: float) -> dict[str, float]:
+        """One supervised step (the warm start): the mean negative log-likelihood of the masked
+        tokens over the whole batch, at temperature 1. Returns summed loss and token count."""
+        self._set_lr(lr)
+        self.engine.train()
+        stats = {"loss": 0.0, "tokens": 0.0}
+        for start in range(0, len(batch.prompt_ids), self.micro_batch):
+            input_ids, attention, mask, _, _ = (t.to(self.engine.device) for t in pad_batch(
+                batch, start, start + self.micro_batch, self.tokenizer.pad_token_id))
+            first = min(len(p) for p in batch.prompt_ids[start:start + self.micro_batch]) - 1
+            mask = mask[:, first:]
+            logprobs, _ = self._logprobs(self.engine, input_ids, attention, first, temperature=1.0)
+            loss = aggregate(-logprobs, mask, "token_mean", counts.num_sequences, counts.num_tokens, self.constant)
+            self.engine.backward(loss * self.world_size * self.gas)
+            self.engine.step()
+            stats["loss"] += float(loss)
+            stats["tokens"] += float(mask.sum())
+        return stats
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The whole model's weights on rank 0 (None elsewhere). Every rank must call it: under

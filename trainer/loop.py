@@ -66,6 +66,13 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             echo(f"resumed from {ckpt_dir / resume[0]} at step {state.step + 1}")
         tracker = Tracker(spec.logging, spec.run_dir, spec.name, spec.model_dump(), state.step)
         reporter.send("started", f"training from step {state.step + 1}", {"wandb": tracker.location})
+        evaluations = has_eval_split(env) and spec.schedule.eval_before_after
+        if not resume:
+            if spec.warm_start is not None:                                           # 0. warm start
+                tracker.log(warm_start(actors, spec, echo, reporter), 0)
+                sync_weights(actors, version=0)
+            if evaluations:
+                report_evaluation("before", 0, evaluate(actors, env, spec, 0), tracker, reporter, echo)
         history = []
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
@@ -83,7 +90,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             t4 = time.perf_counter()
             metrics = step_metrics(samples, scores, advantages_P_G, learn_stats,     # 7. log
                                    {"rollout": t1 - t0, "reward": t2 - t1, "learn": t3 - t2, "sync": t4 - t3})
-            if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0:
+            if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0 and step != spec.schedule.steps:
                 metrics.update(evaluate(actors, env, spec, step))
             tracker.log(metrics, step)
             history.append(metrics)
@@ -97,6 +104,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
                 reporter.send("checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
             state.step = step
         export_dir = None
+        if state.step >= spec.schedule.steps and evaluations:
+            report_evaluation("after", state.step, evaluate(actors, env, spec, state.step), tracker, reporter, echo)
         if state.step >= spec.schedule.steps:
             export_dir = spec.run_dir / "model"
             ray.get([lr.export.remote(str(export_dir)) for lr in actors.learners])
@@ -169,7 +178,7 @@ def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult,
           advantages_P_G: torch.Tensor) -> dict[str, float]:
     """Shard the batch evenly over the learner ranks and take one optimizer step."""
     advantages = advantages_P_G.flatten().tolist()
-    masks = [[not failed] * len(s.completion.token_ids) for s, failed in zip(samples, scores.failed, strict=True)]
+    masks = [[m and not failed for m in s.completion.loss_mask()] for s, failed in zip(samples, scores.failed, strict=True)]
     counts = StepCounts(num_sequences=sum(not f for f in scores.failed), num_tokens=sum(map(sum, masks)))
     per_rank = len(samples) // len(actors.learners)
     refs = []
@@ -205,12 +214,19 @@ def sync_weights(actors: JobActors, version: int) -> None:
     actors.weights_version = version
 
 
-def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, float]:
-    """One sample per held-out task, scored by the job's rewards; nothing is learned from it."""
+def has_eval_split(env) -> bool:
     try:
-        tasks = list(env.tasks("eval"))
+        return bool(list(env.tasks("eval")))
     except ValueError:
+        return False
+
+
+def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, float]:
+    """One sample (or episode) per held-out task, scored by the job's rewards; nothing is learned
+    from it. Multi-turn environments add outcome rates, turns, tokens and latency per episode."""
+    if not has_eval_split(env):
         return {}
+    tasks = list(env.tasks("eval"))
     sampling = SamplingParams(spec.rollout.max_new_tokens, spec.rollout.temperature, spec.rollout.top_p)
     refs, offset = [], 0
     for i, (worker, chunk) in enumerate(zip(actors.workers, _split(tasks, len(actors.workers)), strict=False)):
@@ -224,7 +240,58 @@ def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, floa
     for name, values in scores.components.items():
         vals = [v for v in values if v is not None]
         out[f"eval/reward/{name}"] = statistics.fmean(vals) if vals else 0.0
+    samples = [s for batch in ray.get(refs) for s in batch]
+    if samples and all(s.outcome for s in samples):
+        out.update(outcome_metrics(samples))
     return out
+
+
+def outcome_metrics(samples: list[Sample]) -> dict[str, float]:
+    """Rates of each outcome, and turns, policy tokens and wall seconds per episode."""
+    n = len(samples)
+    out = {f"eval/{o}_rate": sum(s.outcome.get("outcome") == o for s in samples) / n
+           for o in ("resolved", "escalated", "violation")}
+    out["eval/turns_mean"] = statistics.fmean(s.outcome.get("turns", 0) for s in samples)
+    out["eval/tokens_per_episode"] = statistics.fmean(sum(s.completion.loss_mask()) for s in samples)
+    out["eval/latency_s_per_episode"] = statistics.fmean(s.outcome.get("latency_s", 0.0) for s in samples)
+    return out
+
+
+def report_evaluation(phase: str, step: int, metrics: dict[str, float], tracker, reporter, echo) -> None:
+    """Log an evaluation and send it to the control plane, which keeps `before` and `after` as
+    the job's result."""
+    tracker.log({f"{k}_{phase}" if k.startswith("eval/") else k: v for k, v in metrics.items()}, step)
+    echo(f"evaluation ({phase}, step {step}): " + ", ".join(f"{k[5:]} {v:.3g}" for k, v in metrics.items()))
+    reporter.send("evaluation", f"evaluation {phase} at step {step}", {"phase": phase, "step": step, "metrics": metrics})
+
+
+def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, float]:
+    """The supervised stage: `warm_start.epochs` passes over the demonstrations, in batches of the
+    RL step's size split over the learner ranks."""
+    from transformers import AutoTokenizer
+
+    from trainer.sft import encode, learn_batch, read_demonstrations
+
+    ws = spec.warm_start
+    tok = AutoTokenizer.from_pretrained(spec.model.path)
+    chats = read_demonstrations(ws.data)
+    batch = spec.rollout.prompts_per_step * spec.algorithm.group_size
+    steps = max(1, round(ws.epochs * len(chats) / batch))
+    order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(spec.schedule.seed)).tolist()
+    reporter.send("warm_start", f"supervised warm start: {steps} steps over {len(chats)} conversations")
+    t0, losses = time.perf_counter(), []
+    for k in range(steps):
+        rows = [encode(tok, chats[order[(k * batch + j) % len(chats)]]) for j in range(batch)]
+        counts = StepCounts(num_sequences=batch, num_tokens=sum(sum(r.mask) for r in rows))
+        refs = [learner.sft_step.remote(learn_batch(shard), counts, ws.lr)
+                for learner, shard in zip(actors.learners, _split(rows, len(actors.learners)), strict=True)]
+        losses.append(sum(s["loss"] for s in ray.get(refs)))
+        if (k + 1) % max(1, steps // 10) == 0 or k + 1 == steps:
+            echo(f"warm start {k + 1}/{steps}: loss {losses[-1]:.3f}")
+    seconds = time.perf_counter() - t0
+    reporter.send("warm_start", f"warm start done in {seconds:.0f} s, final loss {losses[-1]:.3f}",
+                  {"steps": steps, "loss": losses[-1], "seconds": seconds})
+    return {"warm_start/loss": losses[-1], "warm_start/steps": steps, "warm_start/seconds": seconds}
 
 
 def step_metrics(samples: list[Sample], scores: ScoreResult, advantages_P_G: torch.Tensor,

@@ -41,6 +41,13 @@ def preflight(spec: JobSpec):
     except EnvironmentConfigError as exc:
         raise SpecError([{"field": f"environment.config.{exc.field}", "message": exc.message}]) from None
     errors = []
+    if spec.warm_start is not None:
+        from trainer.sft import DemonstrationError, read_demonstrations
+
+        try:
+            read_demonstrations(spec.warm_start.data)
+        except DemonstrationError as exc:
+            errors.append({"field": "warm_start.data", "message": str(exc)})
     for i, r in enumerate(spec.rewards):
         try:
             load(r.name, r.import_path, r.config, r.weight, r.timeout_s, r.label)

@@ -25,15 +25,18 @@ def load_modules(specs) -> list[RewardModule]:
 
 
 def columns_of(samples: list[Sample]) -> dict[str, list]:
-    """Every task column as a keyword list; a column missing from some rows is None there."""
-    names = sorted({k for s in samples for k in s.task.columns})
-    return {k: [s.task.columns.get(k) for s in samples] for k in names}
+    """Every task column and every outcome field as a keyword list (outcome fields win a name
+    clash); a column missing from some rows is None there."""
+    rows = [{**s.task.columns, **s.outcome} for s in samples]
+    names = sorted({k for row in rows for k in row})
+    return {k: [row.get(k) for row in rows] for k in names}
 
 
 def score_samples(modules: list[RewardModule], samples: list[Sample]) -> ScoreResult:
     # TRL's convention: strings for plain-text data, message lists for conversational data.
     prompts = [s.task.prompt_text if s.task.prompt_text is not None else s.task.prompt for s in samples]
-    completions = [s.completion.text if s.task.prompt_text is not None
+    completions = [s.messages if s.messages is not None
+                   else s.completion.text if s.task.prompt_text is not None
                    else [{"role": "assistant", "content": s.completion.text}] for s in samples]
     completion_ids = [s.completion.token_ids for s in samples]
     return score(modules, prompts, completions, completion_ids, columns_of(samples))

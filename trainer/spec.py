@@ -167,8 +167,24 @@ class ScheduleSpec(_Strict):
     eval_interval: int = Field(default=0, ge=0)
     """Run evaluation every N steps; 0 turns periodic evaluation off."""
 
+    eval_before_after: bool = True
+    """Evaluate before the first RL step (after any warm start) and after the last; the two are
+    the job's result. Needs an environment with an eval split."""
+
     seed: int = 0
     """Seed for data order and sampling; a resumed run continues the same streams."""
+
+
+class WarmStartSpec(_Strict):
+    data: str = Field(min_length=1)
+    """Demonstration conversations: JSONL, one `{"messages": [...]}` chat per line. The model is
+    trained on the assistant turns only; the system, user and tool messages are context."""
+
+    epochs: float = Field(default=1.0, gt=0)
+    """Passes over the demonstrations (fractions allowed)."""
+
+    lr: float = Field(default=1e-4, gt=0)
+    """Learning rate of the supervised stage (the RL stage then uses `learner.lr`)."""
 
 
 class LoggingSpec(_Strict):
@@ -197,6 +213,9 @@ class JobSpec(_Strict):
 
     algorithm: AlgorithmSpec = Field(default_factory=GRPOSpec)
     """The policy-gradient algorithm and its knobs (`type` selects it)."""
+
+    warm_start: WarmStartSpec | None = None
+    """A supervised stage on demonstrations before RL; none by default."""
 
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     learner: LearnerSpec = Field(default_factory=LearnerSpec)

@@ -21,14 +21,18 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def corpus_lines(path: str | Path) -> list[str]:
-    """Every string value of a JSONL file, or the lines of a text file."""
+    """Every string value (and chat message content) of a JSONL file, or the lines of a text file."""
     path = Path(path)
     if path.suffix != ".jsonl":
         return path.read_text().splitlines()
     lines = []
     for line in path.read_text().splitlines():
         if line.strip():
-            lines.extend(str(v) for v in json.loads(line).values() if isinstance(v, str | int | float))
+            for v in json.loads(line).values():
+                if isinstance(v, str | int | float):
+                    lines.append(str(v))
+                elif isinstance(v, list):  # chat messages
+                    lines.extend(m["content"] for m in v if isinstance(m, dict) and isinstance(m.get("content"), str))
     return lines
 
 

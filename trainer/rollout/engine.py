@@ -29,6 +29,12 @@ class Completion:
     logprobs: list[float]
     text: str
     truncated: bool
+    mask: list[bool] | None = None
+    """Which tokens the policy sampled (the loss mask); None means all. Multi-turn episodes set
+    it False on the tokens the environment wrote."""
+
+    def loss_mask(self) -> list[bool]:
+        return self.mask if self.mask is not None else [True] * len(self.token_ids)
 
 
 class Engine(Protocol):

@@ -3,13 +3,15 @@ tasks, and takes new weights from the learner after every step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from environments.base import Task
+from environments.base import Message, Task
 from trainer.affinity import pin_to_core
 from trainer.rollout.engine import Completion, SamplingParams, build_engine
+from trainer.rollout.episodes import run_episodes
 
 
 @dataclass
@@ -21,6 +23,10 @@ class Sample:
     prompt_ids: list[int]
     completion: Completion
     weights_version: int
+    outcome: dict[str, Any] = field(default_factory=dict)
+    """What the environment recorded when the episode ended (multi-turn only)."""
+    messages: list[Message] | None = None
+    """Multi-turn only: the conversation after the prompt (assistant turns and replies)."""
 
 
 def format_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -34,10 +40,17 @@ def format_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 class RolloutWorker:
     """Wrapped with `ray.remote` by the loop; plain class so it is testable in-process."""
 
-    def __init__(self, engine: str, model_path: str, dtype: str, threads: int = 1, core: int | None = None):
+    def __init__(self, engine: str, model_path: str, dtype: str, threads: int = 1, core: int | None = None,
+                 environment: tuple[str, dict] | None = None):
         pin_to_core(core, threads)
         self.engine = build_engine(engine, model_path, dtype)
         self.version = 0
+        self.env = None
+        if environment is not None:
+            from environments import build
+
+            env = build(*environment)
+            self.env = env if getattr(env, "multi_turn", False) else None
 
     def generate(self, tasks: list[Task], group_offset: int, group_size: int, sampling: SamplingParams,
                  seed: int, weights_version: int | None = None) -> list[Sample]:
@@ -46,6 +59,12 @@ class RolloutWorker:
                                "the last weight update did not arrive")
         tok = self.engine.tokenizer()
         prompts = [format_prompt(tok, t.prompt) for t in tasks]
+        if self.env is not None:
+            episodes = run_episodes(self.engine, self.env, tasks, prompts, group_size, sampling, seed,
+                                    self.env.config.max_turns)
+            return [Sample(task, group_offset + i, prompt, e.completion(), self.version, e.outcome, e.messages)
+                    for i, (task, prompt, group) in enumerate(zip(tasks, prompts, episodes, strict=True))
+                    for e in group]
         groups = self.engine.generate(prompts, group_size, sampling, seed)
         return [Sample(task, group_offset + i, prompt, c, self.version)
                 for i, (task, prompt, group) in enumerate(zip(tasks, prompts, groups, strict=True))

@@ -1,0 +1,95 @@
+"""Multi-turn rollouts on the support desk: the environment's tokens never enter the loss."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from environments import build
+from environments.support_desk.legacy import Mistakes, write_demonstrations
+from trainer.algorithms.losses import aggregate, clipped_policy_loss, token_logprobs
+from trainer.learner import LearnBatch, pad_batch
+from trainer.rollout.engine import SamplingParams
+from trainer.rollout.worker import RolloutWorker
+from trainer.sft import encode, read_demonstrations
+from trainer.tiny import build_tiny_model, corpus_lines
+
+ENV = {"train_size": 16, "eval_size": 4, "max_turns": 3, "system_prompt": False}
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory):
+    root = tmp_path_factory.mktemp("desk")
+    write_demonstrations(root / "demos.jsonl", 200, Mistakes(), system_prompt=False)
+    model = build_tiny_model(root / "model", corpus_lines(root / "demos.jsonl"), vocab_size=400)
+    return root, model
+
+
+@pytest.fixture(scope="module")
+def episodes(desk):
+    _, model = desk
+    worker = RolloutWorker("hf", str(model), "float32", environment=("support_desk", ENV))
+    tasks = list(build("support_desk", ENV).tasks("train"))[:3]
+    return worker, worker.generate(tasks, 0, 2, SamplingParams(12), seed=0)
+
+
+def test_episode_tokens_split_into_sampled_and_environment_written(episodes):
+    worker, samples = episodes
+    tok = worker.engine.tokenizer()
+    assert len(samples) == 6 and all(s.outcome["outcome"] in ("resolved", "escalated", "violation") for s in samples)
+    multi = [s for s in samples if len(s.messages) > 1]
+    assert multi, "a random policy never finishes in one turn here: the turn budget is 3"
+    for s in samples:
+        c = s.completion
+        mask = c.loss_mask()
+        assert len(mask) == len(c.token_ids) == len(c.logprobs)
+        sampled = [t for t, m in zip(c.token_ids, mask, strict=True) if m]
+        written = [t for t, m in zip(c.token_ids, mask, strict=True) if not m]
+        assistant = [m["content"] for m in s.messages if m["role"] == "assistant"]
+        replies = [m["content"] for m in s.messages if m["role"] != "assistant"]
+        # What the mask keeps is exactly what the policy sampled; the rest holds every reply.
+        assert tok.decode(sampled, skip_special_tokens=True) == "".join(assistant)
+        text = tok.decode(written)
+        assert all(r in text for r in replies)
+        assert "<|im_start|>assistant" in text if replies else not written
+        assert all(lp == 0.0 for lp, m in zip(c.logprobs, mask, strict=True) if not m)
+        assert s.outcome["turns"] == len(assistant)
+
+
+def test_environment_tokens_get_no_gradient(episodes, desk):
+    _, samples = episodes
+    _, model_dir = desk
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    batch = LearnBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
+                       [s.completion.logprobs for s in samples], [1.0, -1.0] * 3,
+                       [s.completion.loss_mask() for s in samples])
+    input_ids, attention, mask, old, adv = pad_batch(batch, 0, len(samples), 0)
+    assert int(mask.sum()) == sum(sum(s.completion.loss_mask()) for s in samples)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+    logits.retain_grad()
+    logprobs = token_logprobs(logits, input_ids[:, 1:])
+    per_token, _ = clipped_policy_loss(logprobs, old, adv, 0.2, 0.28)
+    aggregate(per_token, mask, "token_mean").backward()
+    grad_per_position = logits.grad.abs().sum(-1)
+    env_positions = torch.zeros_like(mask)
+    for r, s in enumerate(samples):
+        start = len(s.prompt_ids) - 1
+        for k, m in enumerate(s.completion.loss_mask()):
+            env_positions[r, start + k] = not m
+    assert env_positions.any()
+    assert grad_per_position[env_positions].abs().max() == 0  # environment-written: no gradient at all
+    assert (grad_per_position[mask] > 0).float().mean() > 0.9  # sampled tokens carry the gradient
+
+
+def test_demonstrations_lay_out_like_rollouts(desk):
+    root, model = desk
+    worker = RolloutWorker("hf", str(model), "float32")
+    tok = worker.engine.tokenizer()
+    chat = read_demonstrations(root / "demos.jsonl")[0]
+    enc = encode(tok, chat)
+    assistant = [m["content"] for m in chat if m["role"] == "assistant"]
+    sampled = [t for t, m in zip(enc.token_ids, enc.mask, strict=True) if m]
+    assert tok.decode(sampled) == "".join(a + tok.eos_token for a in assistant)
+    # The whole sequence is the chat template's own rendering of the conversation, up to the
+    # last EOS (where a rollout stops too).
+    rendered = tok.apply_chat_template(chat, tokenize=False)
+    assert tok.decode(enc.prompt_ids + enc.token_ids) == rendered[:rendered.rindex(tok.eos_token) + len(tok.eos_token)]
