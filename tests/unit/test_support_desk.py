@@ -10,7 +10,14 @@ from environments import build
 from environments.base import Episode
 from environments.support_desk.legacy import Mistakes, legacy_turns, write_demonstrations
 from environments.support_desk.simulator import (
-    INTENTS, TOOLS, Call, MalformedCall, Ticket, make_ticket, parse_turn, replay,
+    INTENTS,
+    TOOLS,
+    Call,
+    MalformedCall,
+    Ticket,
+    make_ticket,
+    parse_turn,
+    replay,
 )
 from rewards.registry import load
 
