@@ -27,6 +27,7 @@ class RewardFailure:
     module: str
     indices: list[int]
     error: str
+    timed_out: bool = False
 
 
 @dataclass
@@ -82,7 +83,7 @@ async def _run_module(module: RewardModule, n: int, kwargs: dict[str, Any]
         values = await _call(module, kwargs)
     except TimeoutError:
         return [None] * n, RewardFailure(module.name, list(range(n)),
-                                         f"timed out after {module.timeout_s:g} s")
+                                         f"timed out after {module.timeout_s:g} s", timed_out=True)
     except Exception:  # noqa: BLE001 - a failing module is recorded, never fatal to the batch
         return [None] * n, RewardFailure(module.name, list(range(n)), traceback.format_exc())
     if not isinstance(values, Sequence) or len(values) != n:

@@ -137,11 +137,32 @@ def submit(spec: Path, follow_: Annotated[bool, typer.Option("--follow")] = Fals
 
 
 @app.command()
-def validate(spec: Path) -> None:
-    """Validate a run file on the service without launching it."""
+def validate(spec: Path, dry_run: Annotated[int, typer.Option(
+        "--dry-run", help="roll out and score N sampled tasks with the base model")] = 0) -> None:
+    """Validate a run file on the service without launching it (and, with --dry-run N, see what
+    its rewards will look like)."""
     with _client() as c:
-        _check(c.post("/v1/jobs:validate", json=_spec(spec)))
+        out = _check(c.post("/v1/jobs:validate", json=_spec(spec), params={"dry_run": dry_run},
+                            timeout=600))
     console.print("valid")
+    if "dry_run" in out:
+        print_dry_run(out["dry_run"])
+
+
+def print_dry_run(r: dict) -> None:
+    console.print(f"dry run: {r['tasks']} tasks × {r['group_size']} = {r['samples']} samples in {r['rollout_s']:.1f} s, "
+                  f"{r['response_tokens_mean']:.1f} tokens each")
+    table = Table("reward", "count", "none", "mean", "std", "min", "p10", "p50", "p90", "max")
+    for name, d in [("total", {**r["reward"], "none": r["failed_samples"]}), *r["components"].items()]:
+        stats = [f"{d[k]:.3g}" if k in d else "" for k in ("mean", "std", "min", "p10", "p50", "p90", "max")]
+        table.add_row(name, str(d["count"]), str(d.get("none", "")), *stats)
+    console.print(table)
+    g = r["groups"]
+    console.print(f"groups with all-equal rewards: {g['all_equal']}/{g['count']} ({g['all_equal_share']:.0%})")
+    if "outcomes" in r:
+        console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()))
+    for w in r["warnings"]:
+        console.print(f"warning: {w}", style="yellow")
 
 
 @app.command("list")
@@ -160,6 +181,33 @@ def list_jobs(state: str | None = None, limit: int = 20) -> None:
 def get(job_id: str) -> None:
     with _client() as c:
         print(json.dumps(_check(c.get(f"/v1/jobs/{job_id}")), indent=2))
+
+
+@app.command()
+def result(job_id: str) -> None:
+    """The job's evaluation before and after training, side by side."""
+    with _client() as c:
+        job = _check(c.get(f"/v1/jobs/{job_id}"))
+    if not job.get("result"):
+        console.print(f"{job_id} has no evaluation yet (state {job['state']})")
+        raise typer.Exit(1)
+    console.print(result_table(job["result"]))
+
+
+def result_table(result: dict) -> Table:
+    phases = [p for p in ("before", "after") if p in result]
+    table = Table("held-out evaluation", *(f"{p} (step {result[p]['step']})" for p in phases),
+                  *(["change"] if len(phases) == 2 else []))
+    names = [k for k in result[phases[0]]["metrics"] if k.startswith("eval/")]
+    for name in names:
+        values = [result[p]["metrics"].get(name) for p in phases]
+        rate = name.endswith("_rate")
+        cells = [("" if v is None else f"{v:.1%}" if rate else f"{v:.3g}") for v in values]
+        if len(values) == 2 and None not in values:
+            diff = values[1] - values[0]
+            cells.append(f"{diff * 100:+.1f} pts" if rate else f"{diff:+.3g}")
+        table.add_row(name.removeprefix("eval/"), *cells)
+    return table
 
 
 @app.command()
@@ -186,6 +234,8 @@ def follow(job_id: str, interval: float = 1.0) -> None:
                 break
             time.sleep(interval)
     console.print(f"{job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+    if job.get("result"):
+        console.print(result_table(job["result"]))
     if job["state"] != "succeeded":
         raise typer.Exit(1)
 

@@ -107,6 +107,9 @@ def record_report(session: Session, job: Job, seq: int, kind: str, message: str,
         job.step = int(data["step"])
         job.latest_metrics = data["metrics"]
         session.add(JobMetric(job_id=job.id, step=job.step, values=data["metrics"]))
+    elif kind == "evaluation":
+        # A new dict, so the JSON column sees the change.
+        job.result = {**(job.result or {}), data["phase"]: {"step": int(data["step"]), "metrics": data["metrics"]}}
     elif kind == "checkpoint":
         session.add(JobCheckpoint(job_id=job.id, step=int(data["step"]), path=data["path"]))
     elif kind == "finished":

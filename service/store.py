@@ -78,6 +78,8 @@ class Job(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     steps: Mapped[int] = mapped_column(Integer, default=0)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Evaluations by phase: `before` (after any warm start, before RL) and `after` (the end)."""
     wandb: Mapped[str | None] = mapped_column(String(500), nullable=True)
     run_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=now, index=True)

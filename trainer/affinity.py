@@ -13,9 +13,11 @@ import os
 import torch
 
 
-def pin_to_core(index: int | None, threads: int = 1) -> None:
-    """Use `threads` torch threads and, when `index` is given, run on core `index mod cores` only."""
-    torch.set_num_threads(threads)
+def pin_to_core(index: int | None, threads: int | None = 1) -> None:
+    """Use `threads` torch threads (None: leave it) and, when `index` is given, run on core
+    `index mod cores` only."""
+    if threads:
+        torch.set_num_threads(threads)
     if index is None or not hasattr(os, "sched_setaffinity"):
         return
     cores = sorted(os.sched_getaffinity(0))

@@ -40,7 +40,7 @@ def format_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 class RolloutWorker:
     """Wrapped with `ray.remote` by the loop; plain class so it is testable in-process."""
 
-    def __init__(self, engine: str, model_path: str, dtype: str, threads: int = 1, core: int | None = None,
+    def __init__(self, engine: str, model_path: str, dtype: str, threads: int | None = 1, core: int | None = None,
                  environment: tuple[str, dict] | None = None):
         pin_to_core(core, threads)
         self.engine = build_engine(engine, model_path, dtype)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from service import jobs as logic
 from service.api.deps import JobDep, SessionDep, TeamDep
+from service.errors import ApiError
 from service.states import JobState
 from service.store import Job, JobCheckpoint, JobEvent, JobMetric
 
@@ -30,6 +31,8 @@ class JobOut(BaseModel):
     steps: int
     progress: float
     latest_metrics: dict[str, Any] | None
+    result: dict[str, Any] | None
+    """Evaluations by phase (`before`, `after`): {step, metrics}."""
     wandb: str | None
     run_dir: str | None
     error: str | None
@@ -43,6 +46,7 @@ def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOu
     return JobOut(id=job.id, name=job.name, state=job.state, priority=job.priority,
                   queue_position=position, step=job.step, steps=job.steps,
                   progress=job.step / job.steps if job.steps else 0.0, latest_metrics=job.latest_metrics,
+                  result=job.result,
                   wandb=job.wandb, run_dir=job.run_dir, error=job.error, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at)
 
@@ -62,10 +66,22 @@ def create(request: Request, response: Response, session: SessionDep, team: Team
 
 
 @router.post(":validate")
-def validate(team: TeamDep, spec: SpecBody) -> dict[str, Any]:
-    """Check a spec without launching anything."""
+def validate(team: TeamDep, spec: SpecBody,
+             dry_run: Annotated[int, Query(ge=0, le=64, description="tasks to roll out and score; 0: checks only")] = 0,
+             ) -> dict[str, Any]:
+    """Check a spec without launching anything. With `dry_run=N`, also roll N sampled tasks out
+    with the base model (group_size each), score them with every reward module, and report the
+    reward distribution per component, failures and timeouts, and the share of tied groups."""
     valid = logic.validate_spec(spec)
-    return {"valid": True, "spec": valid.model_dump(mode="json")}
+    out: dict[str, Any] = {"valid": True, "spec": valid.model_dump(mode="json")}
+    if dry_run:
+        from trainer.dry_run import dry_run as run
+
+        try:
+            out["dry_run"] = run(valid, dry_run)
+        except Exception as exc:  # noqa: BLE001 - the model or environment failed at run time: say so
+            raise ApiError(422, "dry_run_failed", f"the dry run failed: {type(exc).__name__}: {exc}") from None
+    return out
 
 
 class JobPage(BaseModel):

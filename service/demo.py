@@ -1,0 +1,110 @@
+"""`make demo`: the whole story on one machine, through the service.
+
+Starts the control plane on its embedded defaults (a SQLite file, a local Ray head it starts
+itself), makes a team and an API key, submits the support-desk job (warm start, then GRPO) over
+REST, follows it with a progress bar, and prints the before/after evaluation on held-out tickets
+and where the model, the checkpoints and the wandb run are. The service stops at the end.
+
+    python -m service.demo configs/support_desk.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_key(database_url: str) -> str:
+    from service.auth import new_api_key
+    from service.store import ApiKey, Team, make_engine, migrate, session_factory
+
+    migrate(database_url)
+    with session_factory(make_engine(database_url))() as s:
+        team = Team(name=f"demo-{int(time.time())}", max_concurrent_jobs=1)
+        s.add(team)
+        s.flush()
+        key, key_hash, prefix = new_api_key()
+        s.add(ApiKey(team_id=team.id, key_hash=key_hash, prefix=prefix))
+        s.commit()
+    return key
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the service exited with code {server.returncode} while starting")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the service at {url} was not ready after {timeout_s:.0f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default="configs/support_desk.toml")
+    p.add_argument("--state-dir", default="runs/demo-service", help="the demo service's database and job folders")
+    a = p.parse_args()
+
+    from service import cli
+    from trainer.spec import load_spec
+
+    state = (ROOT / a.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    database_url = f"sqlite:///{state / 'flywheel.db'}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "FLYWHEEL_DATABASE_URL": database_url, "FLYWHEEL_RUNS_DIR": str(state / "jobs"),
+           "FLYWHEEL_SCHEDULER_INTERVAL_S": "1", "FLYWHEEL_RAY_DASHBOARD_PORT": str(free_port())}
+    env.pop("FLYWHEEL_RAY_ADDRESS", None)  # embedded defaults: the service starts its own Ray head
+    key = make_key(database_url)
+    print(f"starting the service on {url} (store {database_url}, local Ray head)", flush=True)
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT, env=env)
+    try:
+        wait_healthy(url, server)
+        os.environ.update(FLYWHEEL_URL=url, FLYWHEEL_API_KEY=key)
+        spec = load_spec(ROOT / a.config).model_dump(mode="json")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            job = cli._check(c.post("/v1/jobs", json=spec))
+        print(f"submitted {job['id']} ({spec['name']}): POST {url}/v1/jobs", flush=True)
+        started = time.monotonic()
+        try:
+            cli.follow(job["id"], interval=2.0)  # progress bar, then the before/after table
+        finally:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+                job = c.get(f"/v1/jobs/{job['id']}").json()
+        run_dir = Path(job["run_dir"])
+        print(f"\njob {job['id']} {job['state']} in {time.monotonic() - started:.0f} s")
+        print(f"exported model: {run_dir / 'model'}")
+        print(f"checkpoints:    {run_dir / 'checkpoints'}")
+        print(f"wandb run:      {job['wandb']}  (wandb sync {job['wandb']} to upload it)")
+        print(f"events:         GET {url}/v1/jobs/{job['id']}/events  (the service stops now; the store stays at "
+              f"{database_url})")
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()
