@@ -4,10 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TINY   := runs/tiny-model
+DEMOS  := runs/desk-demos.jsonl
+DESK   := runs/desk-model
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install test test-fast demo bench bench-service serve lint clean
+.PHONY: install test test-fast demo demo-digits bench bench-service serve lint clean
 
 install: $(STAMP)
 
@@ -26,7 +28,16 @@ test-fast: install       ## the inner loop: no GPU, no slow end-to-end runs
 $(TINY)/config.json: | install
 	$(BIN)/python -m trainer.tiny $(TINY) --corpus configs/data/digits.jsonl
 
-demo: install $(TINY)/config.json   ## a small GRPO job end to end on local Ray, CPU
+$(DEMOS): | install
+	$(BIN)/python -m environments.support_desk.legacy $(DEMOS) --count 1200 --no-system-prompt
+
+$(DESK)/config.json: $(DEMOS)
+	$(BIN)/python -m trainer.tiny $(DESK) --corpus $(DEMOS) --hidden 128 --layers 2 --vocab 1024
+
+demo: install $(DESK)/config.json   ## the support-desk job through the service: warm start, GRPO, before/after
+	$(BIN)/python -m service.demo configs/support_desk.toml
+
+demo-digits: install $(TINY)/config.json   ## a small GRPO job straight on the trainer (no service)
 	rm -rf runs/demo
 	$(BIN)/python -m trainer.run configs/demo.toml
 

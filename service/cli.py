@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from trainer.tracking import result_table
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
 admin = typer.Typer(help="Teams and API keys (acts on the store directly).", no_args_is_help=True)
 app.add_typer(admin, name="admin")
@@ -192,22 +194,6 @@ def result(job_id: str) -> None:
         console.print(f"{job_id} has no evaluation yet (state {job['state']})")
         raise typer.Exit(1)
     console.print(result_table(job["result"]))
-
-
-def result_table(result: dict) -> Table:
-    phases = [p for p in ("before", "after") if p in result]
-    table = Table("held-out evaluation", *(f"{p} (step {result[p]['step']})" for p in phases),
-                  *(["change"] if len(phases) == 2 else []))
-    names = [k for k in result[phases[0]]["metrics"] if k.startswith("eval/")]
-    for name in names:
-        values = [result[p]["metrics"].get(name) for p in phases]
-        rate = name.endswith("_rate")
-        cells = [("" if v is None else f"{v:.1%}" if rate else f"{v:.3g}") for v in values]
-        if len(values) == 2 and None not in values:
-            diff = values[1] - values[0]
-            cells.append(f"{diff * 100:+.1f} pts" if rate else f"{diff:+.3g}")
-        table.add_row(name.removeprefix("eval/"), *cells)
-    return table
 
 
 @app.command()

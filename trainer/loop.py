@@ -45,6 +45,8 @@ class RunResult:
     checkpoint_dir: Path
     wandb: str | None
     history: list[dict[str, float]] = field(default_factory=list)
+    evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Held-out evaluation by phase: `before` (after any warm start) and `after` (the end)."""
 
 
 def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=None) -> RunResult:
@@ -66,13 +68,15 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             echo(f"resumed from {ckpt_dir / resume[0]} at step {state.step + 1}")
         tracker = Tracker(spec.logging, spec.run_dir, spec.name, spec.model_dump(), state.step)
         reporter.send("started", f"training from step {state.step + 1}", {"wandb": tracker.location})
-        evaluations = has_eval_split(env) and spec.schedule.eval_before_after
+        evaluate_ends = has_eval_split(env) and spec.schedule.eval_before_after
+        evaluations: dict[str, dict[str, float]] = {}
         if not resume:
             if spec.warm_start is not None:                                           # 0. warm start
                 tracker.log(warm_start(actors, spec, echo, reporter), 0)
                 sync_weights(actors, version=0)
-            if evaluations:
-                report_evaluation("before", 0, evaluate(actors, env, spec, 0), tracker, reporter, echo)
+            if evaluate_ends:
+                evaluations["before"] = evaluate(actors, env, spec, 0)
+                report_evaluation("before", 0, evaluations["before"], tracker, reporter, echo)
         history = []
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
@@ -104,8 +108,9 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
                 reporter.send("checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
             state.step = step
         export_dir = None
-        if state.step >= spec.schedule.steps and evaluations:
-            report_evaluation("after", state.step, evaluate(actors, env, spec, state.step), tracker, reporter, echo)
+        if state.step >= spec.schedule.steps and evaluate_ends:
+            evaluations["after"] = evaluate(actors, env, spec, state.step)
+            report_evaluation("after", state.step, evaluations["after"], tracker, reporter, echo)
         if state.step >= spec.schedule.steps:
             export_dir = spec.run_dir / "model"
             ray.get([lr.export.remote(str(export_dir)) for lr in actors.learners])
@@ -113,7 +118,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         tracker.finish()
         reporter.send("finished", f"stopped after step {state.step}",
                       {"export_dir": str(export_dir) if export_dir else None, "wandb": tracker.location})
-        return RunResult(spec.run_dir, state.step, export_dir, ckpt_dir, tracker.location, history)
+        return RunResult(spec.run_dir, state.step, export_dir, ckpt_dir, tracker.location, history, evaluations)
     except BaseException as exc:
         if tracker is not None:
             tracker.finish(exit_code=1)

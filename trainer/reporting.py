@@ -9,6 +9,7 @@ keeps retrying; nothing is dropped. A restarted trainer asks for the last stored
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from typing import Any
@@ -44,9 +45,13 @@ class HttpReporter:
         while True:
             try:
                 response = call()
-                if response.status_code < 500:
-                    response.raise_for_status()
+                if response.status_code < 400:
                     return response.json()
+                if response.status_code < 500:
+                    # Refused for good (a retry cannot help): say so and go on with the next report.
+                    print(f"flywheel: the control plane refused a report ({response.status_code}): "
+                          f"{response.text[:300]}", file=sys.stderr, flush=True)
+                    return None
             except httpx.TransportError:
                 pass
             if self._stop.is_set() and self.pending.empty():

@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if reporter is not None:
             reporter.close()
+    if result.evaluations:
+        from rich.console import Console
+
+        from trainer.tracking import result_table
+
+        Console().print(result_table({phase: {"step": 0 if phase == "before" else result.steps_done, "metrics": m}
+                                      for phase, m in result.evaluations.items()}))
     print(f"\nrun folder:     {result.run_dir}")
     print(f"checkpoints:    {result.checkpoint_dir}")
     print(f"exported model: {result.export_dir or '(not yet: the run stopped before its last step)'}")

@@ -135,6 +135,28 @@ def test_trainer_reports_are_stored_once_and_readable(app, client, alice, spec):
     assert [e["kind"] for e in page["events"] + rest["events"]] == [e["kind"] for e in events]
 
 
+def test_evaluations_become_the_jobs_before_after_result(app, client, alice, spec):
+    from rich.console import Console
+
+    from trainer.tracking import result_table
+
+    job = client.post("/v1/jobs", json=spec, headers=alice).json()
+    assert job["result"] is None
+    token = auth(_job_token(app, job["id"]))
+    url = f"/v1/jobs/{job['id']}/report"
+    before = {"eval/resolved_rate": 0.5, "eval/violation_rate": 0.1, "eval/turns_mean": 3.0}
+    after = {"eval/resolved_rate": 0.8, "eval/violation_rate": 0.05, "eval/turns_mean": 2.5}
+    for seq, (phase, step, metrics) in enumerate([("before", 0, before), ("after", 20, after)], 1):
+        body = {"seq": seq, "kind": "evaluation", "data": {"phase": phase, "step": step, "metrics": metrics}}
+        assert client.post(url, json=body, headers=token).status_code == 200
+    result = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["result"]
+    assert result == {"before": {"step": 0, "metrics": before}, "after": {"step": 20, "metrics": after}}
+    console = Console(width=120, record=True)
+    console.print(result_table(result))
+    text = console.export_text()
+    assert "resolved_rate" in text and "50.0%" in text and "80.0%" in text and "+30.0 pts" in text
+
+
 def test_events_stream_as_server_sent_events_until_the_job_ends(client, alice, spec):
     job = client.post("/v1/jobs", json=spec, headers=alice).json()
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/report", tags=["reporting"])
 
 class Report(BaseModel):
     seq: int = Field(ge=1)
-    kind: str = Field(pattern="^(started|step|checkpoint|eval|finished|failed|log)$")
+    kind: str = Field(pattern="^(started|warm_start|step|evaluation|checkpoint|finished|failed|log)$")
     message: str = ""
     data: dict[str, Any] | None = None
 
