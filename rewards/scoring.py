@@ -45,6 +45,29 @@ class ScoreResult:
 
     failures: list[RewardFailure] = field(default_factory=list)
 
+    @staticmethod
+    def concat(parts: Sequence[ScoreResult]) -> ScoreResult:
+        """One result for the batches in order (failure indices shifted to match)."""
+        merged = ScoreResult([], {name: [] for name in parts[0].components}, [], [])
+        for part in parts:
+            base = len(merged.total)
+            merged.total += part.total
+            merged.failed += part.failed
+            for name, values in part.components.items():
+                merged.components[name] += values
+            merged.failures += [RewardFailure(f.module, [base + i for i in f.indices], f.error, f.timed_out)
+                                for f in part.failures]
+        return merged
+
+    def take(self, rows: Sequence[int]) -> ScoreResult:
+        """The result for these sample rows only, in this order."""
+        where = {r: k for k, r in enumerate(rows)}
+        failures = [RewardFailure(f.module, [where[i] for i in f.indices if i in where], f.error, f.timed_out)
+                    for f in self.failures]
+        return ScoreResult([self.total[r] for r in rows],
+                           {name: [values[r] for r in rows] for name, values in self.components.items()},
+                           [self.failed[r] for r in rows], [f for f in failures if f.indices])
+
     def failure_counts(self) -> dict[str, int]:
         counts = {name: 0 for name in self.components}
         for f in self.failures:

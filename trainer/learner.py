@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from trainer.affinity import pin_to_core
-from trainer.algorithms.losses import aggregate, clipped_policy_loss, k3_kl, token_logprobs_and_entropy
+from trainer.algorithms import policy_loss_for
+from trainer.algorithms.losses import aggregate, k3_kl, token_logprobs_and_entropy
 
 
 @dataclass
@@ -137,7 +138,7 @@ class Learner:
             first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
             mask, old = mask[:, first:], old[:, first:]
             logprobs, entropy = self._logprobs(self.engine, input_ids, attention, first)
-            per_token, clipped = clipped_policy_loss(logprobs, old, adv, algo.clip_eps_low, algo.clip_eps_high)
+            per_token, clipped = policy_loss_for(algo, logprobs, old, adv, mask)
             if self.reference is not None:
                 with torch.no_grad():
                     ref_logprobs, _ = self._logprobs(self.reference, input_ids, attention, first)

@@ -11,6 +11,7 @@ Run it with `python -m trainer.run configs/demo.toml`.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 
 from rewards import ScoreResult
 from trainer import checkpoint
-from trainer.algorithms import advantages_for
+from trainer.algorithms import advantages_for, overlong_penalty, tied_groups
 from trainer.cluster import JobActors, connect, start_actors
 from trainer.learner import LearnBatch, StepCounts
 from trainer.preflight import preflight
@@ -80,20 +81,24 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         history = []
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
-            t0 = time.perf_counter()
+            t0, sampling_stats = time.perf_counter(), {}
             tasks = sampler.next(spec.rollout.prompts_per_step)                       # 1. sample
             samples, score_refs = rollout(actors, tasks, spec, step)                  # 2. roll out
             t1 = time.perf_counter()
             scores = gather_scores(score_refs)                                        # 3. score
             check_reward_failures(scores, spec.reward_failure_threshold)
+            if getattr(spec.algorithm, "dynamic_sampling", False):                    #    (DAPO: refill)
+                samples, scores, sampling_stats = fill_with_informative_groups(actors, sampler, spec, step,
+                                                                               samples, scores)
             t2 = time.perf_counter()
-            advantages_P_G = compute_advantages(scores, spec)                         # 4. advantages
-            learn_stats = learn(actors, samples, scores, advantages_P_G)              # 5. learn
+            advantages_P_G = compute_advantages(samples, scores, spec)                # 4. advantages
+            learn_stats = learn(actors, samples, scores, advantages_P_G, spec)        # 5. learn
             t3 = time.perf_counter()
             sync_weights(actors, version=step)                                        # 6. sync weights
             t4 = time.perf_counter()
             metrics = step_metrics(samples, scores, advantages_P_G, learn_stats,     # 7. log
                                    {"rollout": t1 - t0, "reward": t2 - t1, "learn": t3 - t2, "sync": t4 - t3})
+            metrics.update(sampling_stats)
             if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0 and step != spec.schedule.steps:
                 metrics.update(evaluate(actors, env, spec, step))
             tracker.log(metrics, step)
@@ -148,18 +153,35 @@ def rollout(actors: JobActors, tasks, spec: JobSpec, step: int) -> tuple[list[Sa
 
 def gather_scores(score_refs) -> ScoreResult:
     """Concatenate the per-worker score results, in sample order."""
-    parts: list[ScoreResult] = ray.get(score_refs)
-    merged = ScoreResult([], {name: [] for name in parts[0].components}, [], [])
-    for part in parts:
-        base = len(merged.total)
-        merged.total += part.total
-        merged.failed += part.failed
-        for name, values in part.components.items():
-            merged.components[name] += values
-        for failure in part.failures:
-            failure.indices = [base + i for i in failure.indices]
-            merged.failures.append(failure)
-    return merged
+    return ScoreResult.concat(ray.get(score_refs))
+
+
+def fill_with_informative_groups(actors: JobActors, sampler: TaskSampler, spec: JobSpec, step: int,
+                                 samples: list[Sample], scores: ScoreResult) -> tuple[list[Sample], ScoreResult, dict]:
+    """DAPO's dynamic sampling: keep the groups whose rewards do not all tie and roll out more
+    prompts until `prompts_per_step` such groups are in hand, for at most `max_sampling_rounds`
+    rounds; a batch still short is topped up with tied groups (zero advantage, logged)."""
+    g, want = spec.algorithm.group_size, spec.rollout.prompts_per_step
+    pool_samples, pool_scores, rounds = [samples], [scores], 1
+    while True:
+        all_samples, all_scores = [s for part in pool_samples for s in part], ScoreResult.concat(pool_scores)
+        rewards_P_G = torch.tensor(all_scores.total).view(-1, g)
+        tied_P = tied_groups(rewards_P_G, ~torch.tensor(all_scores.failed).view(-1, g)).tolist()
+        informative = [p for p, t in enumerate(tied_P) if not t]
+        if len(informative) >= want or rounds >= spec.algorithm.max_sampling_rounds:
+            break
+        more, refs = rollout(actors, sampler.next(want), spec, step + rounds * 1_000_000)
+        more_scores = gather_scores(refs)
+        check_reward_failures(more_scores, spec.reward_failure_threshold)
+        pool_samples.append([dataclasses.replace(s, group=s.group + len(tied_P)) for s in more])
+        pool_scores.append(more_scores)
+        rounds += 1
+    groups = (informative + [p for p, t in enumerate(tied_P) if t])[:want]
+    rows = [p * g + k for p in groups for k in range(g)]
+    kept = [dataclasses.replace(all_samples[r], group=i // g) for i, r in enumerate(rows)]
+    stats = {"dynamic_sampling/rounds": rounds, "dynamic_sampling/informative_groups": len(informative),
+             "dynamic_sampling/tied_groups_used": max(0, want - len(informative))}
+    return kept, all_scores.take(rows), stats
 
 
 def check_reward_failures(scores: ScoreResult, threshold: float) -> None:
@@ -172,19 +194,33 @@ def check_reward_failures(scores: ScoreResult, threshold: float) -> None:
                 f"reward_failure_threshold of {threshold:g}. First error:\n{first.error}")
 
 
-def compute_advantages(scores: ScoreResult, spec: JobSpec) -> torch.Tensor:
+def compute_advantages(samples: list[Sample], scores: ScoreResult, spec: JobSpec) -> torch.Tensor:
     g = spec.algorithm.group_size
     rewards_P_G = torch.tensor(scores.total, dtype=torch.float32).view(-1, g)
+    buffer = getattr(spec.algorithm, "overlong_buffer", 0)
+    if buffer:  # DAPO's soft overlong punishment, added to the reward
+        lengths = torch.tensor([sum(s.completion.loss_mask()) for s in samples]).view(-1, g)
+        rewards_P_G = rewards_P_G + overlong_penalty(lengths, spec.rollout.max_new_tokens, buffer,
+                                                     spec.algorithm.overlong_penalty)
     valid_P_G = ~torch.tensor(scores.failed).view(-1, g)
     return advantages_for(spec.algorithm, rewards_P_G, valid_P_G)
 
 
+def loss_masks(samples: list[Sample], failed: list[bool], drop_truncated: bool) -> list[list[bool]]:
+    """Per-token loss masks: the policy's own tokens, none for a failed sample, and none for a
+    truncated one when `drop_truncated` (DAPO's overlong filtering)."""
+    return [[m and not out for m in s.completion.loss_mask()]
+            for s, out in zip(samples, [f or (drop_truncated and s.completion.truncated)
+                                        for s, f in zip(samples, failed, strict=True)], strict=True)]
+
+
 def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult,
-          advantages_P_G: torch.Tensor) -> dict[str, float]:
-    """Shard the batch evenly over the learner ranks and take one optimizer step."""
+          advantages_P_G: torch.Tensor, spec: JobSpec) -> dict[str, float]:
+    """Shard the batch evenly over the learner ranks and take one optimizer step. Failed samples
+    (and, for DAPO with `filter_truncated`, truncated ones) are masked out of the loss."""
     advantages = advantages_P_G.flatten().tolist()
-    masks = [[m and not failed for m in s.completion.loss_mask()] for s, failed in zip(samples, scores.failed, strict=True)]
-    counts = StepCounts(num_sequences=sum(not f for f in scores.failed), num_tokens=sum(map(sum, masks)))
+    masks = loss_masks(samples, scores.failed, getattr(spec.algorithm, "filter_truncated", False))
+    counts = StepCounts(num_sequences=sum(any(m) for m in masks), num_tokens=sum(map(sum, masks)))
     per_rank = len(samples) // len(actors.learners)
     refs = []
     for rank, learner in enumerate(actors.learners):

@@ -108,7 +108,87 @@ class RLOOSpec(_PolicyGradient):
     type: Literal["rloo"] = "rloo"
 
 
-AlgorithmSpec = Annotated[GRPOSpec | RLOOSpec, Field(discriminator="type")]
+class DrGRPOSpec(_PolicyGradient):
+    """Dr. GRPO (Liu et al., 2025, "Understanding R1-Zero-Like Training"): GRPO without the two
+    length and difficulty biases: no std scaling, and a constant loss normaliser."""
+
+    type: Literal["dr_grpo"] = "dr_grpo"
+    scale_std: Literal[False] = False
+    """Fixed by the preset: the group-centred reward is not divided by the group's std."""
+
+    loss_agg: Literal["constant"] = "constant"
+    """Fixed by the preset: per-token losses are summed and divided by N × loss_constant."""
+
+
+class ReinforcePPSpec(_PolicyGradient):
+    """REINFORCE++ (Hu et al., 2025): rewards whitened over the whole batch; with `baseline`,
+    the group mean is subtracted first (REINFORCE++-baseline)."""
+
+    type: Literal["reinforce_pp"] = "reinforce_pp"
+    group_size: int = Field(default=4, ge=1)
+    """Completions per prompt; 1 is allowed (the batch, not the group, is the baseline), but
+    `baseline = true` needs at least 2."""
+
+    baseline: bool = False
+    """Subtract each group's mean reward before the batch whitening."""
+
+    @model_validator(mode="after")
+    def _baseline_needs_a_group(self) -> ReinforcePPSpec:
+        if self.baseline and self.group_size < 2:
+            raise ValueError("group_size: the group-mean baseline needs group_size >= 2")
+        return self
+
+
+class DAPOSpec(_PolicyGradient):
+    """DAPO (Yu et al., 2025): clip-higher, token-level loss, dynamic sampling, overlong reward
+    shaping and filtering of truncated completions."""
+
+    type: Literal["dapo"] = "dapo"
+    clip_eps_high: float = Field(default=0.28, gt=0)
+    """Upper clip of the ratio (clip-higher)."""
+
+    loss_agg: Literal["token_mean"] = "token_mean"
+    """Fixed: the loss is averaged over every token of the batch."""
+
+    dynamic_sampling: bool = True
+    """Drop groups whose rewards all tie and roll out more prompts until the batch is full."""
+
+    max_sampling_rounds: int = Field(default=3, ge=1)
+    """Rollout rounds per step at most; a batch still short after them is topped up with tied
+    groups (which get zero advantage) and the shortfall is logged."""
+
+    overlong_buffer: int = Field(default=0, ge=0)
+    """Soft overlong punishment over the last N tokens of `rollout.max_new_tokens` (0: off)."""
+
+    overlong_penalty: float = Field(default=1.0, ge=0)
+    """The punishment at the token limit."""
+
+    filter_truncated: bool = True
+    """Leave completions cut off at the token limit out of the loss."""
+
+
+class GSPOSpec(_PolicyGradient):
+    """GSPO (Zheng et al., 2025): one importance ratio per sequence, clipped; group-normalised
+    advantages as in GRPO."""
+
+    type: Literal["gspo"] = "gspo"
+    clip_eps_low: float = Field(default=3e-4, gt=0, lt=1)
+    """Lower clip of the sequence ratio (the paper uses 3e-4)."""
+
+    clip_eps_high: float = Field(default=4e-4, gt=0)
+    """Upper clip of the sequence ratio (the paper uses 4e-4)."""
+
+    loss_agg: Literal["sequence_mean"] = "sequence_mean"
+    """Fixed: the sequence-level loss is averaged per sequence, then over sequences."""
+
+    scale_std: bool = True
+    """Divide the group-centred reward by the group's std."""
+
+
+ALGORITHM_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec)
+ALGORITHM_TAGS = {cls.model_fields["type"].default for cls in ALGORITHM_SPECS}
+AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec,
+                          Field(discriminator="type")]
 
 
 class RolloutSpec(_Strict):
@@ -270,14 +350,14 @@ def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
     """
     rows = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if p not in ("grpo", "rloo")]
+        loc = [str(p) for p in err["loc"] if p not in ALGORITHM_TAGS]
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field (not part of this section's schema)"
         field = ".".join(loc)
         # Cross-field validators name the field they blame as a `path: ` prefix of the message.
         prefix, sep, rest = message.partition(": ")
-        if sep and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", prefix):
+        if sep and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)*", prefix):
             field, message = ".".join(filter(None, [field, prefix])), rest
         rows.append({"field": field, "message": message})
     return rows

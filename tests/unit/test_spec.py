@@ -33,7 +33,7 @@ def test_knob_of_another_algorithm_is_refused():
 
 def test_unknown_algorithm_type_lists_the_valid_ones():
     errs = fields({**BASE, "algorithm": {"type": "dpo"}})
-    assert "'grpo', 'rloo'" in errs["algorithm"]
+    assert "'grpo', 'dr_grpo', 'rloo', 'reinforce_pp', 'dapo', 'gspo'" in errs["algorithm"]
 
 
 def test_every_bad_field_is_reported_at_once():

@@ -6,6 +6,15 @@ DAPO "clip-higher"), per token t of completion i:
     rho = exp(logp - logp_old)
     l_t = -min(rho * A_i, clip(rho, 1 - eps_low, 1 + eps_high) * A_i)
 
+GSPO (Zheng et al., 2025, "Group Sequence Policy Optimization", eq. 5-7) clips one importance
+ratio per sequence, the geometric mean of its token ratios:
+
+    s_i = exp( (1/|o_i|) sum_t (logp_t - logp_old_t) )
+    l_i = -min(s_i * A_i, clip(s_i, 1 - eps_low, 1 + eps_high) * A_i)
+
+given to each of the sequence's tokens (aggregate it with `sequence_mean`: then d l / d logp_t is
+s_i * A_i / |o_i|, the GSPO gradient).
+
 KL to the reference with Schulman's k3 estimator (as in GRPO, Shao et al., 2024, eq. 4):
 
     k3_t = exp(ref - logp) - (ref - logp) - 1          (>= 0, unbiased for KL(pi || ref))
@@ -38,6 +47,21 @@ def clipped_policy_loss(logprobs_B_T: torch.Tensor, old_logprobs_B_T: torch.Tens
     clipped_B_T = torch.clamp(ratio_B_T, 1 - eps_low, 1 + eps_high) * adv_B_1
     loss_B_T = -torch.minimum(unclipped_B_T, clipped_B_T)
     return loss_B_T, clipped_B_T < unclipped_B_T
+
+
+def gspo_policy_loss(logprobs_B_T: torch.Tensor, old_logprobs_B_T: torch.Tensor, advantages_B: torch.Tensor,
+                     mask_B_T: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token GSPO loss (one value per sequence, on each of its tokens) and where the clip was
+    active; a fully masked row gets ratio 1."""
+    mask = mask_B_T.to(logprobs_B_T.dtype)
+    log_ratio_B = ((logprobs_B_T - old_logprobs_B_T) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    ratio_B_1 = torch.exp(log_ratio_B).unsqueeze(1)
+    adv_B_1 = advantages_B.unsqueeze(1)
+    unclipped_B_1 = ratio_B_1 * adv_B_1
+    clipped_B_1 = torch.clamp(ratio_B_1, 1 - eps_low, 1 + eps_high) * adv_B_1
+    loss_B_1 = -torch.minimum(unclipped_B_1, clipped_B_1)
+    shape = logprobs_B_T.shape
+    return loss_B_1.expand(shape), (clipped_B_1 < unclipped_B_1).expand(shape)
 
 
 def k3_kl(logprobs_B_T: torch.Tensor, ref_logprobs_B_T: torch.Tensor) -> torch.Tensor:
