@@ -27,10 +27,15 @@ class LoopState:
     seed: int
 
 
-def save(learners, directory: Path, state: LoopState) -> Path:
-    """Save every rank's DeepSpeed state, then the loop state, then mark it complete."""
+CRITIC = "critic"  # PPO's value model checkpoints beside the policy's, under this folder
+
+
+def save(learners, directory: Path, state: LoopState, critics=()) -> Path:
+    """Save every rank's DeepSpeed state (and the critic's), then the loop state, then mark it
+    complete."""
     tag = f"step_{state.step}"
-    ray.get([learner.save_checkpoint.remote(str(directory), tag) for learner in learners])
+    ray.get([learner.save_checkpoint.remote(str(directory), tag) for learner in learners]
+            + [critic.save_checkpoint.remote(str(directory / CRITIC), tag) for critic in critics])
     (directory / tag / "loop_state.json").write_text(json.dumps(asdict(state), indent=2))
     tmp = directory / f".{LATEST}.tmp"
     tmp.write_text(json.dumps({"tag": tag, "step": state.step}))
@@ -48,5 +53,6 @@ def latest(directory: Path) -> tuple[str, LoopState] | None:
     return tag, state
 
 
-def restore(learners, directory: Path, tag: str) -> None:
-    ray.get([learner.load_checkpoint.remote(str(directory), tag) for learner in learners])
+def restore(learners, directory: Path, tag: str, critics=()) -> None:
+    ray.get([learner.load_checkpoint.remote(str(directory), tag) for learner in learners]
+            + [critic.load_checkpoint.remote(str(directory / CRITIC), tag) for critic in critics])

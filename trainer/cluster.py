@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from trainer.affinity import local_cpu_cores
+from trainer.critic import Critic
 from trainer.learner import Learner
 from trainer.reward_worker import RewardWorker
 from trainer.rollout.worker import RolloutWorker
@@ -63,9 +64,11 @@ class JobActors:
     zero_stage: int
     weights_version: int = 0
     """The policy version the rollout workers hold (the step whose weights they last received)."""
+    critics: list = field(default_factory=list)
+    """PPO's value-model ranks (empty for the critic-free algorithms)."""
 
     def shutdown(self) -> None:
-        for actor in [*self.workers, *self.learners, self.rewarder]:
+        for actor in [*self.workers, *self.learners, *self.critics, self.rewarder]:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.pg)
 
@@ -74,8 +77,10 @@ def start_actors(spec) -> JobActors:
     """Reserve the job's placement group and start every actor in it; learners are set up too."""
     rollout, learner = spec.rollout, spec.learner
     gpu = 1 if _cluster_has_gpus() else 0
+    critic_ranks = (spec.algorithm.critic_ranks or learner.ranks) if spec.algorithm.type == "ppo" else 0
     bundles = ([{"CPU": rollout.num_cpus, "GPU": gpu} if gpu else {"CPU": rollout.num_cpus}] * rollout.workers
-               + [{"CPU": learner.num_cpus, "GPU": gpu} if gpu else {"CPU": learner.num_cpus}] * learner.ranks
+               + [{"CPU": learner.num_cpus, "GPU": gpu} if gpu else {"CPU": learner.num_cpus}]
+               * (learner.ranks + critic_ranks)
                + [{"CPU": REWARD_WORKER_CPUS}])
     pg = placement_group(bundles, strategy="PACK")
     try:
@@ -98,14 +103,23 @@ def start_actors(spec) -> JobActors:
                for i in range(rollout.workers)]
     learners = [ray.remote(Learner).options(**opts(rollout.workers + r, learner.num_cpus))
                 .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]
+    first_critic = rollout.workers + learner.ranks
+    critics = [ray.remote(Critic).options(**opts(first_critic + r, learner.num_cpus))
+               .remote(r, critic_ranks, 1, r if pin else None) for r in range(critic_ranks)]
     rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS)).remote(spec.rewards)
-    actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage)
+    actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage, critics=critics)
     try:
+        samples = spec.rollout.prompts_per_step * spec.algorithm.group_size
         master = ray.get(learners[0].address.remote())
-        per_rank = spec.rollout.prompts_per_step * spec.algorithm.group_size // learner.ranks
-        ray.get([lr.setup.remote(master, spec.model.path, spec.model.dtype, learner, spec.algorithm,
-                                 rollout.temperature, rollout.max_new_tokens, per_rank) for lr in learners]
-                + [w.__ray_ready__.remote() for w in workers] + [rewarder.names.remote()])
+        ready = [lr.setup.remote(master, spec.model.path, spec.model.dtype, learner, spec.algorithm,
+                                 rollout.temperature, rollout.max_new_tokens,
+                                 samples // learner.ranks // spec.mini_batches) for lr in learners]
+        if critics:
+            critic_master = ray.get(critics[0].address.remote())
+            ready += [c.setup.remote(critic_master, spec.model.path, spec.model.dtype, learner,
+                                     spec.algorithm.critic_lr, spec.algorithm.value_clip,
+                                     samples // critic_ranks // spec.mini_batches) for c in critics]
+        ray.get(ready + [w.__ray_ready__.remote() for w in workers] + [rewarder.names.remote()])
     except BaseException:
         actors.shutdown()
         raise

@@ -30,7 +30,8 @@ class LearnBatch:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     old_logprobs: list[list[float]]
-    advantages: list[float]
+    advantages: list[float] | list[list[float]]
+    """One per sample, or one per completion token (PPO's GAE)."""
     mask: list[list[bool]]
     """Which completion tokens count in the loss (False for environment-written or failed samples)."""
 
@@ -65,8 +66,41 @@ def pad_batch(batch: LearnBatch, start: int, stop: int, pad_id: int):
         attention[r, : n_p + n_c] = 1
         loss_mask[r, n_p - 1 : n_p - 1 + n_c] = torch.tensor(batch.mask[i], dtype=torch.bool)
         old[r, n_p - 1 : n_p - 1 + n_c] = torch.tensor(batch.old_logprobs[i])
-    advantages = torch.tensor(batch.advantages[start:stop])
+    if rows and isinstance(batch.advantages[start], list):  # per-token advantages (PPO)
+        advantages = torch.zeros((len(seqs), width - 1))
+        for r, i in enumerate(rows):
+            n_p = len(batch.prompt_ids[i])
+            advantages[r, n_p - 1 : n_p - 1 + len(batch.advantages[i])] = torch.tensor(batch.advantages[i])
+    else:
+        advantages = torch.tensor(batch.advantages[start:stop])
     return input_ids, attention, loss_mask, old, advantages
+
+
+def init_distributed(master: tuple[str, int], rank: int, world_size: int) -> None:
+    """Join this actor's torch.distributed group (NCCL on GPUs, gloo on CPU) via DeepSpeed."""
+    import deepspeed
+
+    os.environ.update(MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def deepspeed_engine(model, learner, lr: float, gas: int, dtype: str):
+    """A DeepSpeed engine with AdamW and the learner spec's ZeRO stage, micro-batch and clipping."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=learner.weight_decay)
+    config = {
+        "train_micro_batch_size_per_gpu": learner.micro_batch,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": learner.grad_clip,
+        "zero_optimization": {"stage": learner.zero_stage},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
 
 
 class Learner:
@@ -83,13 +117,9 @@ class Learner:
 
     def setup(self, master: tuple[str, int], model_path: str, dtype: str, learner, algorithm,
               temperature: float, max_new_tokens: int, per_rank: int) -> None:
-        import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        os.environ.update(MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
-        on_gpu = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        init_distributed(master, self.rank, self.world_size)
         self.algorithm, self.temperature = algorithm, temperature
         self.constant = algorithm.loss_constant or max_new_tokens
         self.zero_stage = learner.zero_stage
@@ -102,17 +132,7 @@ class Learner:
         if algorithm.kl_beta > 0:
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
             self.reference.requires_grad_(False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learner.lr, weight_decay=learner.weight_decay)
-        config = {
-            "train_micro_batch_size_per_gpu": learner.micro_batch,
-            "gradient_accumulation_steps": self.gas,
-            "gradient_clipping": learner.grad_clip,
-            "zero_optimization": {"stage": learner.zero_stage},
-            "bf16": {"enabled": dtype == "bfloat16"},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-        }
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.engine = deepspeed_engine(model, learner, learner.lr, self.gas, dtype)
         self.rl_lr = learner.lr
         if self.reference is not None:
             self.reference.to(self.engine.device)
@@ -137,9 +157,10 @@ class Learner:
                                                     pad_batch(batch, start, stop, self.tokenizer.pad_token_id))
             first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
             mask, old = mask[:, first:], old[:, first:]
+            adv = adv[:, first:] if adv.dim() == 2 else adv
             logprobs, entropy = self._logprobs(self.engine, input_ids, attention, first)
             per_token, clipped = policy_loss_for(algo, logprobs, old, adv, mask)
-            if self.reference is not None:
+            if self.reference is not None and getattr(algo, "kl_mode", "loss") == "loss":
                 with torch.no_grad():
                     ref_logprobs, _ = self._logprobs(self.reference, input_ids, attention, first)
                 kl = k3_kl(logprobs, ref_logprobs)
@@ -156,6 +177,21 @@ class Learner:
         grad_norm = self.engine.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         return stats
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: LearnBatch) -> list[list[float]]:
+        """The frozen reference's logprob of every completion token (PPO's KL-in-reward)."""
+        out = []
+        for start in range(0, len(batch.prompt_ids), self.micro_batch):
+            stop = min(start + self.micro_batch, len(batch.prompt_ids))
+            input_ids, attention, _, _, _ = pad_batch(batch, start, stop, self.tokenizer.pad_token_id)
+            first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
+            logprobs, _ = self._logprobs(self.reference, input_ids.to(self.engine.device),
+                                         attention.to(self.engine.device), first)
+            for r, i in enumerate(range(start, stop)):
+                n_p, n_c = len(batch.prompt_ids[i]), len(batch.completion_ids[i])
+                out.append(logprobs[r, n_p - 1 - first : n_p - 1 - first + n_c].tolist())
+        return out
 
     def sft_step(self, batch: LearnBatch, counts: StepCounts, lr: float) -> dict[str, float]:
         """One supervised step (the warm start): the mean negative log-likelihood of the masked

@@ -23,8 +23,10 @@ import torch
 from rewards import ScoreResult
 from trainer import checkpoint
 from trainer.algorithms import advantages_for, overlong_penalty, tied_groups
+from trainer.algorithms.ppo import AdaptiveKL
 from trainer.cluster import JobActors, connect, start_actors
 from trainer.learner import LearnBatch, StepCounts
+from trainer.ppo_step import ppo_learn
 from trainer.preflight import preflight
 from trainer.reporting import NullReporter
 from trainer.rollout.engine import SamplingParams
@@ -64,7 +66,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         state = resume[1] if resume else checkpoint.LoopState(0, 0, 0, spec.schedule.seed)
         sampler = TaskSampler(list(env.tasks("train")), state.seed, state.data_epoch, state.data_cursor)
         if resume:
-            checkpoint.restore(actors.learners, ckpt_dir, resume[0])
+            checkpoint.restore(actors.learners, ckpt_dir, resume[0], actors.critics)
             sync_weights(actors, version=state.step)
             echo(f"resumed from {ckpt_dir / resume[0]} at step {state.step + 1}")
         tracker = Tracker(spec.logging, spec.run_dir, spec.name, spec.model_dump(), state.step)
@@ -79,6 +81,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
                 evaluations["before"] = evaluate(actors, env, spec, 0)
                 report_evaluation("before", 0, evaluations["before"], tracker, reporter, echo)
         history = []
+        kl_control = adaptive_kl(spec)
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
             t0, sampling_stats = time.perf_counter(), {}
@@ -91,8 +94,12 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
                 samples, scores, sampling_stats = fill_with_informative_groups(actors, sampler, spec, step,
                                                                                samples, scores)
             t2 = time.perf_counter()
-            advantages_P_G = compute_advantages(samples, scores, spec)                # 4. advantages
-            learn_stats = learn(actors, samples, scores, advantages_P_G, spec)        # 5. learn
+            if spec.algorithm.type == "ppo":                                          # 4+5. PPO: critic,
+                masks = loss_masks(samples, scores.failed, drop_truncated=False)      #   GAE, epochs
+                learn_stats, advantages_P_G = ppo_learn(actors, samples, scores, masks, spec, kl_control, step)
+            else:
+                advantages_P_G = compute_advantages(samples, scores, spec)            # 4. advantages
+                learn_stats = learn(actors, samples, scores, advantages_P_G, spec)    # 5. learn
             t3 = time.perf_counter()
             sync_weights(actors, version=step)                                        # 6. sync weights
             t4 = time.perf_counter()
@@ -109,7 +116,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             interval = spec.schedule.checkpoint_interval
             if (interval and step % interval == 0) or step == last:
                 path = checkpoint.save(actors.learners, ckpt_dir,
-                                       checkpoint.LoopState(step, sampler.epoch, sampler.cursor, state.seed))
+                                       checkpoint.LoopState(step, sampler.epoch, sampler.cursor, state.seed),
+                                       actors.critics)
                 reporter.send("checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
             state.step = step
         export_dir = None
@@ -255,6 +263,13 @@ def sync_weights(actors: JobActors, version: int) -> None:
     actors.weights_version = version
 
 
+def adaptive_kl(spec: JobSpec) -> AdaptiveKL | None:
+    algo = spec.algorithm
+    if algo.type == "ppo" and algo.kl_mode == "reward" and algo.kl_beta > 0 and algo.kl_target:
+        return AdaptiveKL(algo.kl_beta, algo.kl_target, algo.kl_horizon)
+    return None
+
+
 def has_eval_split(env) -> bool:
     try:
         return bool(list(env.tasks("eval")))
@@ -316,7 +331,7 @@ def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, fl
     ws = spec.warm_start
     tok = AutoTokenizer.from_pretrained(spec.model.path)
     chats = read_demonstrations(ws.data)
-    batch = spec.rollout.prompts_per_step * spec.algorithm.group_size
+    batch = spec.rollout.prompts_per_step * spec.algorithm.group_size // spec.mini_batches
     steps = max(1, round(ws.epochs * len(chats) / batch))
     order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(spec.schedule.seed)).tolist()
     reporter.send("warm_start", f"supervised warm start: {steps} steps over {len(chats)} conversations")

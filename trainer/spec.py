@@ -185,9 +185,50 @@ class GSPOSpec(_PolicyGradient):
     """Divide the group-centred reward by the group's std."""
 
 
-ALGORITHM_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec)
+class PPOSpec(_PolicyGradient):
+    """PPO with a critic (Schulman et al., 2017): a value model initialised from the base model,
+    trained by its own DeepSpeed ranks; GAE; clipped value loss; several epochs of mini-batches
+    per rollout batch; KL to the reference as a per-token reward penalty or as a loss term."""
+
+    type: Literal["ppo"] = "ppo"
+    group_size: int = Field(default=1, ge=1)
+    """Completions per prompt (the critic is the baseline, so 1 is enough)."""
+
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """Discount per token."""
+
+    lam: float = Field(default=0.95, ge=0, le=1)
+    """GAE's lambda: 0 is one-step TD, 1 is the Monte-Carlo return."""
+
+    ppo_epochs: int = Field(default=2, ge=1)
+    """Passes over each rollout batch."""
+
+    mini_batches: int = Field(default=2, ge=1)
+    """Optimizer steps per pass (the batch is split into this many mini-batches)."""
+
+    value_clip: float = Field(default=0.2, gt=0)
+    """How far a value may move from its rollout-time estimate before the loss stops pulling."""
+
+    critic_lr: float = Field(default=1e-5, gt=0)
+    """The critic's learning rate."""
+
+    critic_ranks: int | None = Field(default=None, ge=1)
+    """DeepSpeed ranks of the critic; default: as many as `learner.ranks`."""
+
+    kl_mode: Literal["reward", "loss"] = "reward"
+    """KL against the reference as a per-token reward penalty (k1, InstructGPT) or as a k3 loss
+    term (as GRPO does). Only with `kl_beta > 0`."""
+
+    kl_target: float | None = Field(default=None, gt=0)
+    """With `kl_mode = "reward"`: adapt the coefficient towards this KL per token (None: fixed)."""
+
+    kl_horizon: int = Field(default=10000, ge=1)
+    """Samples over which the adaptive coefficient moves by at most 20 %."""
+
+
+ALGORITHM_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec, PPOSpec)
 ALGORITHM_TAGS = {cls.model_fields["type"].default for cls in ALGORITHM_SPECS}
-AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec,
+AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec | PPOSpec,
                           Field(discriminator="type")]
 
 
@@ -315,18 +356,26 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _batch_divides(self) -> JobSpec:
         samples = self.rollout.prompts_per_step * self.algorithm.group_size
-        per_rank, rest = divmod(samples, self.learner.ranks)
-        if rest:
-            raise ValueError(
-                f"learner.ranks: {samples} samples per step (prompts_per_step × group_size) "
-                f"must split evenly over {self.learner.ranks} ranks"
-            )
-        if per_rank % self.learner.micro_batch:
-            raise ValueError(
-                f"learner.micro_batch: each rank gets {per_rank} samples per step, "
-                f"which must be a multiple of micro_batch={self.learner.micro_batch}"
-            )
+        ranks = {"learner.ranks": self.learner.ranks}
+        if self.algorithm.type == "ppo":
+            ranks["algorithm.critic_ranks"] = self.algorithm.critic_ranks or self.learner.ranks
+        for field, n in ranks.items():
+            if samples % n:
+                raise ValueError(f"{field}: {samples} samples per step (prompts_per_step × group_size) "
+                                 f"must split evenly over {n} ranks")
+            per_rank = samples // n // self.mini_batches
+            if per_rank == 0 or per_rank % self.learner.micro_batch or (samples // n) % self.mini_batches:
+                what = f"each rank gets {samples // n} samples per step"
+                if self.mini_batches > 1:
+                    what += f" in {self.mini_batches} mini-batches ({samples // n / self.mini_batches:g} each)"
+                raise ValueError(f"learner.micro_batch: {what}, which must be a multiple of "
+                                 f"micro_batch={self.learner.micro_batch}")
         return self
+
+    @property
+    def mini_batches(self) -> int:
+        """Optimizer steps per rollout batch and epoch (PPO's mini-batches; 1 otherwise)."""
+        return getattr(self.algorithm, "mini_batches", 1)
 
     @property
     def run_dir(self) -> Path:

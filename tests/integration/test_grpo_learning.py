@@ -30,7 +30,11 @@ def test_reward_rises_and_run_artifacts_exist(tiny_model, tmp_path, ray_cluster)
     first, last = statistics.fmean(rewards[:5]), statistics.fmean(rewards[-5:])
     assert last - first > MIN_GAIN, f"reward did not rise enough: first 5 steps {first:.3f}, last 5 {last:.3f}"
 
-    assert len(lines) == STEPS and lines[-1].startswith(f"step {STEPS}/{STEPS} | reward ")
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == STEPS and steps[-1].startswith(f"step {STEPS}/{STEPS} | reward ")
+    # Held-out evaluations before the first step and after the last are the run's result.
+    assert lines[0].startswith("evaluation (before, step 0)") and lines[-1].startswith("evaluation (after, step 30)")
+    assert set(result.evaluations) == {"before", "after"}
     m = result.history[-1]
     for key in ("reward/digit_share", "reward_failures/digit_share", "advantage/abs_mean", "loss", "clip_frac",
                 "entropy", "response/length_mean", "perf/tokens_per_s", "time/rollout", "time/reward",

@@ -40,11 +40,12 @@ LossAgg = Literal["token_mean", "sequence_mean", "constant"]
 def clipped_policy_loss(logprobs_B_T: torch.Tensor, old_logprobs_B_T: torch.Tensor,
                         advantages_B: torch.Tensor, eps_low: float, eps_high: float
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token clipped surrogate loss, and where the clip was active (bool)."""
+    """Per-token clipped surrogate loss, and where the clip was active (bool). Advantages are one
+    per sequence [B] or one per token [B, T] (PPO)."""
     ratio_B_T = torch.exp(logprobs_B_T - old_logprobs_B_T)
-    adv_B_1 = advantages_B.unsqueeze(1)
-    unclipped_B_T = ratio_B_T * adv_B_1
-    clipped_B_T = torch.clamp(ratio_B_T, 1 - eps_low, 1 + eps_high) * adv_B_1
+    adv = advantages_B.unsqueeze(1) if advantages_B.dim() == 1 else advantages_B  # per sequence or per token
+    unclipped_B_T = ratio_B_T * adv
+    clipped_B_T = torch.clamp(ratio_B_T, 1 - eps_low, 1 + eps_high) * adv
     loss_B_T = -torch.minimum(unclipped_B_T, clipped_B_T)
     return loss_B_T, clipped_B_T < unclipped_B_T
 
