@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +78,25 @@ def pad_batch(batch: LearnBatch, start: int, stop: int, pad_id: int):
     return input_ids, attention, loss_mask, old, advantages
 
 
+STALE_BUILD_LOCK_S = 300
+
+
+def clear_stale_build_locks() -> None:
+    """Remove torch-extension build locks older than STALE_BUILD_LOCK_S. DeepSpeed JIT-builds its
+    CPU shared-memory op (about 40 s) under a lock file; a process killed mid-build leaves the file
+    behind and every later build waits on it forever."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    for lock in root.glob("*/*/lock") if root.exists() else []:
+        if time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
+            print(f"removing a stale build lock left by a killed process: {lock}", file=sys.stderr)
+            lock.unlink(missing_ok=True)
+
+
 def init_distributed(master: tuple[str, int], rank: int, world_size: int) -> None:
     """Join this actor's torch.distributed group (NCCL on GPUs, gloo on CPU) via DeepSpeed."""
     import deepspeed
 
+    clear_stale_build_locks()
     os.environ.update(MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK="0")
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

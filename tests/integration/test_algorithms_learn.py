@@ -31,7 +31,8 @@ ALGORITHMS = {
 
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_algorithm_learns(name, tiny_model, tmp_path, ray_cluster):
-    learner = {"ranks": 2, "zero_stage": 2, "lr": 3e-3, "micro_batch": 8 if name != "ppo" else 4}
+    learner = {"ranks": 2, "zero_stage": 2, "lr": 3e-3, "micro_batch": 8 if name != "ppo" else 4,
+               "num_cpus": 0.4 if name != "ppo" else 0.25}  # PPO places 2 critic ranks as well
     spec = parse_spec(job_payload(tiny_model, tmp_path, name=name, algorithm=ALGORITHMS[name], learner=learner,
                                   schedule={"steps": STEPS, "checkpoint_interval": 0, "eval_before_after": False}))
     result = train(spec, echo=lambda _: None)
