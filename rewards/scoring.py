@@ -83,13 +83,19 @@ def _in_daemon_thread(fn, kwargs: dict[str, Any]) -> asyncio.Future:
         if not future.done():
             setter(value)
 
+    def hand_back(setter, value):
+        try:
+            loop.call_soon_threadsafe(settle, setter, value)
+        except RuntimeError:  # the batch timed the call out and its event loop has closed since
+            pass
+
     def target():
         try:
             result = fn(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, future.set_exception, exc)
+            hand_back(future.set_exception, exc)
         else:
-            loop.call_soon_threadsafe(settle, future.set_result, result)
+            hand_back(future.set_result, result)
 
     threading.Thread(target=target, daemon=True, name="reward-call").start()
     return future

@@ -96,8 +96,8 @@ def main() -> None:
         print(f"exported model: {run_dir / 'model'}")
         print(f"checkpoints:    {run_dir / 'checkpoints'}")
         print(f"wandb run:      {job['wandb']}  (wandb sync {job['wandb']} to upload it)")
-        print(f"events:         GET {url}/v1/jobs/{job['id']}/events  (the service stops now; the store stays at "
-              f"{database_url})")
+        print(f"the record:     the job, its events, metrics and result stay in {database_url}; "
+              f"FLYWHEEL_DATABASE_URL={database_url} flywheel serve serves them again")
     finally:
         server.terminate()
         try:
