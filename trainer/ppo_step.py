@@ -11,7 +11,8 @@ import ray
 import torch
 
 from rewards import ScoreResult
-from trainer.algorithms.ppo import AdaptiveKL, gae, token_rewards, whiten
+from trainer.algorithms.advantages import whiten
+from trainer.algorithms.ppo import AdaptiveKL, gae, token_rewards
 from trainer.cluster import JobActors
 from trainer.learner import LearnBatch, StepCounts
 from trainer.rollout.worker import Sample

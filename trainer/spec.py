@@ -15,18 +15,15 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from trainer.spec_algorithms import ALGORITHM_TAGS, AlgorithmSpec, GRPOSpec, StrictModel
 
 
-class _Strict(BaseModel):
-    # Unknown keys are refused, so a knob of the wrong algorithm or a typo is named, not ignored.
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     path: str = Field(min_length=1)
     """Base model: a local directory in Hugging Face format, or a hub id (the machine must reach the hub)."""
 
@@ -34,7 +31,7 @@ class ModelSpec(_Strict):
     """Parameter dtype of the policy. CPU runs use float32."""
 
 
-class EnvironmentSpec(_Strict):
+class EnvironmentSpec(StrictModel):
     name: str = "dataset"
     """Environment from the registry (`dataset`, ...) — see `environments.registry`."""
 
@@ -42,7 +39,7 @@ class EnvironmentSpec(_Strict):
     """The environment's own config; validated by the environment's config model."""
 
 
-class RewardSpec(_Strict):
+class RewardSpec(StrictModel):
     name: str | None = None
     """Built-in or entry-point reward module (`GET /v1/rewards` lists them)."""
 
@@ -72,167 +69,7 @@ class RewardSpec(_Strict):
         return self.name or self.import_path.rsplit(":", 1)[1]  # type: ignore[union-attr]
 
 
-class _PolicyGradient(_Strict):
-    group_size: int = Field(default=8, ge=2)
-    """Completions sampled per prompt. A group of one has no baseline, hence >= 2."""
-
-    clip_eps_low: float = Field(default=0.2, gt=0, lt=1)
-    """Lower clip of the importance ratio: ratio >= 1 - clip_eps_low."""
-
-    clip_eps_high: float = Field(default=0.2, gt=0)
-    """Upper clip of the ratio: ratio <= 1 + clip_eps_high (DAPO's clip-higher uses 0.28)."""
-
-    loss_agg: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
-    """How per-token losses are reduced: over all tokens of the batch, per sequence then over
-    sequences (original GRPO), or divided by a constant (Dr. GRPO)."""
-
-    loss_constant: int | None = Field(default=None, gt=0)
-    """Normaliser for `loss_agg = "constant"`; defaults to `rollout.max_new_tokens`."""
-
-    kl_beta: float = Field(default=0.0, ge=0)
-    """Weight of the k3 KL penalty against the frozen reference (the base model). 0 turns it off
-    and no reference model is loaded."""
-
-
-class GRPOSpec(_PolicyGradient):
-    """Group Relative Policy Optimization (Shao et al., 2024)."""
-
-    type: Literal["grpo"] = "grpo"
-    scale_std: bool = True
-    """Divide the group-centred reward by the group's std (off in Dr. GRPO)."""
-
-
-class RLOOSpec(_PolicyGradient):
-    """REINFORCE Leave-One-Out (Ahmadian et al., 2024): baseline is the mean of the other samples."""
-
-    type: Literal["rloo"] = "rloo"
-
-
-class DrGRPOSpec(_PolicyGradient):
-    """Dr. GRPO (Liu et al., 2025, "Understanding R1-Zero-Like Training"): GRPO without the two
-    length and difficulty biases: no std scaling, and a constant loss normaliser."""
-
-    type: Literal["dr_grpo"] = "dr_grpo"
-    scale_std: Literal[False] = False
-    """Fixed by the preset: the group-centred reward is not divided by the group's std."""
-
-    loss_agg: Literal["constant"] = "constant"
-    """Fixed by the preset: per-token losses are summed and divided by N × loss_constant."""
-
-
-class ReinforcePPSpec(_PolicyGradient):
-    """REINFORCE++ (Hu et al., 2025): rewards whitened over the whole batch; with `baseline`,
-    the group mean is subtracted first (REINFORCE++-baseline)."""
-
-    type: Literal["reinforce_pp"] = "reinforce_pp"
-    group_size: int = Field(default=4, ge=1)
-    """Completions per prompt; 1 is allowed (the batch, not the group, is the baseline), but
-    `baseline = true` needs at least 2."""
-
-    baseline: bool = False
-    """Subtract each group's mean reward before the batch whitening."""
-
-    @model_validator(mode="after")
-    def _baseline_needs_a_group(self) -> ReinforcePPSpec:
-        if self.baseline and self.group_size < 2:
-            raise ValueError("group_size: the group-mean baseline needs group_size >= 2")
-        return self
-
-
-class DAPOSpec(_PolicyGradient):
-    """DAPO (Yu et al., 2025): clip-higher, token-level loss, dynamic sampling, overlong reward
-    shaping and filtering of truncated completions."""
-
-    type: Literal["dapo"] = "dapo"
-    clip_eps_high: float = Field(default=0.28, gt=0)
-    """Upper clip of the ratio (clip-higher)."""
-
-    loss_agg: Literal["token_mean"] = "token_mean"
-    """Fixed: the loss is averaged over every token of the batch."""
-
-    dynamic_sampling: bool = True
-    """Drop groups whose rewards all tie and roll out more prompts until the batch is full."""
-
-    max_sampling_rounds: int = Field(default=3, ge=1)
-    """Rollout rounds per step at most; a batch still short after them is topped up with tied
-    groups (which get zero advantage) and the shortfall is logged."""
-
-    overlong_buffer: int = Field(default=0, ge=0)
-    """Soft overlong punishment over the last N tokens of `rollout.max_new_tokens` (0: off)."""
-
-    overlong_penalty: float = Field(default=1.0, ge=0)
-    """The punishment at the token limit."""
-
-    filter_truncated: bool = True
-    """Leave completions cut off at the token limit out of the loss."""
-
-
-class GSPOSpec(_PolicyGradient):
-    """GSPO (Zheng et al., 2025): one importance ratio per sequence, clipped; group-normalised
-    advantages as in GRPO."""
-
-    type: Literal["gspo"] = "gspo"
-    clip_eps_low: float = Field(default=3e-4, gt=0, lt=1)
-    """Lower clip of the sequence ratio (the paper uses 3e-4)."""
-
-    clip_eps_high: float = Field(default=4e-4, gt=0)
-    """Upper clip of the sequence ratio (the paper uses 4e-4)."""
-
-    loss_agg: Literal["sequence_mean"] = "sequence_mean"
-    """Fixed: the sequence-level loss is averaged per sequence, then over sequences."""
-
-    scale_std: bool = True
-    """Divide the group-centred reward by the group's std."""
-
-
-class PPOSpec(_PolicyGradient):
-    """PPO with a critic (Schulman et al., 2017): a value model initialised from the base model,
-    trained by its own DeepSpeed ranks; GAE; clipped value loss; several epochs of mini-batches
-    per rollout batch; KL to the reference as a per-token reward penalty or as a loss term."""
-
-    type: Literal["ppo"] = "ppo"
-    group_size: int = Field(default=1, ge=1)
-    """Completions per prompt (the critic is the baseline, so 1 is enough)."""
-
-    gamma: float = Field(default=1.0, ge=0, le=1)
-    """Discount per token."""
-
-    lam: float = Field(default=0.95, ge=0, le=1)
-    """GAE's lambda: 0 is one-step TD, 1 is the Monte-Carlo return."""
-
-    ppo_epochs: int = Field(default=2, ge=1)
-    """Passes over each rollout batch."""
-
-    mini_batches: int = Field(default=2, ge=1)
-    """Optimizer steps per pass (the batch is split into this many mini-batches)."""
-
-    value_clip: float = Field(default=0.2, gt=0)
-    """How far a value may move from its rollout-time estimate before the loss stops pulling."""
-
-    critic_lr: float = Field(default=1e-5, gt=0)
-    """The critic's learning rate."""
-
-    critic_ranks: int | None = Field(default=None, ge=1)
-    """DeepSpeed ranks of the critic; default: as many as `learner.ranks`."""
-
-    kl_mode: Literal["reward", "loss"] = "reward"
-    """KL against the reference as a per-token reward penalty (k1, InstructGPT) or as a k3 loss
-    term (as GRPO does). Only with `kl_beta > 0`."""
-
-    kl_target: float | None = Field(default=None, gt=0)
-    """With `kl_mode = "reward"`: adapt the coefficient towards this KL per token (None: fixed)."""
-
-    kl_horizon: int = Field(default=10000, ge=1)
-    """Samples over which the adaptive coefficient moves by at most 20 %."""
-
-
-ALGORITHM_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec, PPOSpec)
-ALGORITHM_TAGS = {cls.model_fields["type"].default for cls in ALGORITHM_SPECS}
-AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec | PPOSpec,
-                          Field(discriminator="type")]
-
-
-class RolloutSpec(_Strict):
+class RolloutSpec(StrictModel):
     engine: Literal["hf"] = "hf"
     """Generation engine. `hf` (transformers generate) runs anywhere; vLLM arrives with the GPU path."""
 
@@ -255,7 +92,7 @@ class RolloutSpec(_Strict):
     """Ray CPUs each worker reserves (fractional, so small machines fit every actor)."""
 
 
-class LearnerSpec(_Strict):
+class LearnerSpec(StrictModel):
     ranks: int = Field(default=2, ge=1)
     """DeepSpeed data-parallel ranks (one Ray actor each)."""
 
@@ -278,7 +115,7 @@ class LearnerSpec(_Strict):
     """Ray CPUs each rank reserves."""
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(StrictModel):
     steps: int = Field(default=20, ge=1)
     """Training steps (one rollout batch and one optimizer step each)."""
 
@@ -296,7 +133,7 @@ class ScheduleSpec(_Strict):
     """Seed for data order and sampling; a resumed run continues the same streams."""
 
 
-class WarmStartSpec(_Strict):
+class WarmStartSpec(StrictModel):
     data: str = Field(min_length=1)
     """Demonstration conversations: JSONL, one `{"messages": [...]}` chat per line. The model is
     trained on the assistant turns only; the system, user and tool messages are context."""
@@ -308,7 +145,7 @@ class WarmStartSpec(_Strict):
     """Learning rate of the supervised stage (the RL stage then uses `learner.lr`)."""
 
 
-class LoggingSpec(_Strict):
+class LoggingSpec(StrictModel):
     wandb_project: str = "flywheel"
     """wandb project the run is logged to."""
 
@@ -316,7 +153,7 @@ class LoggingSpec(_Strict):
     """`offline` writes local files (no account needed), `online` syncs, `disabled` logs nothing."""
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     name: str = Field(default="job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     """Run name: letters, digits, `_`, `.`, `-`; names the output folder and the wandb run."""
 

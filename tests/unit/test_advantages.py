@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainer.algorithms import advantages_for, grpo_advantages, rloo_advantages
-from trainer.spec import GRPOSpec, RLOOSpec
+from trainer.spec_algorithms import GRPOSpec, RLOOSpec
 
 STD = math.sqrt(1 / 3)  # unbiased std of [1, 0, 0, 1] and of [1, 0, 1]
 

@@ -4,8 +4,9 @@ the adaptive KL coefficient; and the spec's PPO checks."""
 import pytest
 import torch
 
+from trainer.algorithms.advantages import whiten
 from trainer.algorithms.losses import clipped_policy_loss
-from trainer.algorithms.ppo import AdaptiveKL, clipped_value_loss, gae, token_rewards, whiten
+from trainer.algorithms.ppo import AdaptiveKL, clipped_value_loss, gae, token_rewards
 from trainer.spec import SpecError, parse_spec
 
 

@@ -63,17 +63,23 @@ def reinforce_pp_advantages(rewards_P_G: torch.Tensor, valid_P_G: torch.Tensor |
     """
     if valid_P_G is None:
         valid_P_G = torch.ones_like(rewards_P_G, dtype=torch.bool)
-    valid = valid_P_G.to(rewards_P_G.dtype)
     x_P_G = rewards_P_G
     if baseline:
         _, n_P, _, mean_P = _valid_stats(rewards_P_G, valid_P_G)
         x_P_G = torch.where(n_P >= 2, rewards_P_G - mean_P, torch.zeros_like(rewards_P_G))
-    n = valid.sum()
+    return whiten(x_P_G, valid_P_G, WHITEN_EPS)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = WHITEN_EPS) -> torch.Tensor:
+    """(x - mean) / (std + eps) over the masked entries (unbiased std); 0 elsewhere, and 0
+    throughout when fewer than two entries count."""
+    m = mask.to(values.dtype)
+    n = m.sum()
     if n < 2:
-        return torch.zeros_like(rewards_P_G)
-    mean = (x_P_G * valid).sum() / n
-    std = (((x_P_G - mean) * valid) ** 2).sum().div(n - 1).sqrt()
-    return (x_P_G - mean) / (std + WHITEN_EPS) * valid
+        return torch.zeros_like(values)
+    mean = (values * m).sum() / n
+    std = (((values - mean) * m) ** 2).sum().div(n - 1).sqrt()
+    return (values - mean) / (std + eps) * m
 
 
 def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, factor: float = 1.0) -> torch.Tensor:

@@ -62,17 +62,6 @@ def gae(rewards_B_T: torch.Tensor, values_B_T: torch.Tensor, mask_B_T: torch.Ten
     return advantages, returns
 
 
-def whiten(values_B_T: torch.Tensor, mask_B_T: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased std); 0 elsewhere."""
-    mask = mask_B_T.to(values_B_T.dtype)
-    n = mask.sum()
-    if n < 2:
-        return torch.zeros_like(values_B_T)
-    mean = (values_B_T * mask).sum() / n
-    std = (((values_B_T - mean) * mask) ** 2).sum().div(n - 1).sqrt()
-    return (values_B_T - mean) / (std + eps) * mask
-
-
 def clipped_value_loss(values_B_T: torch.Tensor, old_values_B_T: torch.Tensor, returns_B_T: torch.Tensor,
                        clip: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token clipped value loss, and where the clipped branch was the larger."""
