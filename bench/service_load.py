@@ -38,23 +38,14 @@ def free_port() -> int:
 def make_key(url: str) -> str:
     from sqlalchemy import create_engine, text
 
-    from service.auth import new_api_key
-    from service.store import ApiKey, Team, make_engine, migrate, session_factory
+    from service.store import create_team_with_key
 
     if url.startswith("postgresql"):
         engine = create_engine(url)
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         engine.dispose()
-    migrate(url)
-    with session_factory(make_engine(url))() as s:
-        team = Team(name="bench", max_concurrent_jobs=2)
-        s.add(team)
-        s.flush()
-        key, key_hash, prefix = new_api_key()
-        s.add(ApiKey(team_id=team.id, key_hash=key_hash, prefix=prefix))
-        s.commit()
-    return key
+    return create_team_with_key(url, "bench", quota=2)
 
 
 def spec(model: str) -> dict:

@@ -29,21 +29,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_key(database_url: str) -> str:
-    from service.auth import new_api_key
-    from service.store import ApiKey, Team, make_engine, migrate, session_factory
-
-    migrate(database_url)
-    with session_factory(make_engine(database_url))() as s:
-        team = Team(name=f"demo-{int(time.time())}", max_concurrent_jobs=1)
-        s.add(team)
-        s.flush()
-        key, key_hash, prefix = new_api_key()
-        s.add(ApiKey(team_id=team.id, key_hash=key_hash, prefix=prefix))
-        s.commit()
-    return key
-
-
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -65,6 +50,7 @@ def main() -> None:
     a = p.parse_args()
 
     from service import cli
+    from service.store import create_team_with_key
     from trainer.spec import load_spec
 
     state = (ROOT / a.state_dir).resolve()
@@ -75,7 +61,7 @@ def main() -> None:
     env = {**os.environ, "FLYWHEEL_DATABASE_URL": database_url, "FLYWHEEL_RUNS_DIR": str(state / "jobs"),
            "FLYWHEEL_SCHEDULER_INTERVAL_S": "1", "FLYWHEEL_RAY_DASHBOARD_PORT": str(free_port())}
     env.pop("FLYWHEEL_RAY_ADDRESS", None)  # embedded defaults: the service starts its own Ray head
-    key = make_key(database_url)
+    key = create_team_with_key(database_url, f"demo-{int(time.time())}", quota=1)
     print(f"starting the service on {url} (store {database_url}, local Ray head)", flush=True)
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT, env=env)
     try:

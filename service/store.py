@@ -150,3 +150,19 @@ def migrate(url: str) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_team_with_key(url: str, name: str, quota: int) -> str:
+    """Migrate the store, add a team and one API key for it; returns the plaintext key (the demo
+    and the load benchmark start from an empty store this way)."""
+    from service.auth import new_api_key
+
+    migrate(url)
+    with session_factory(make_engine(url))() as s:
+        team = Team(name=name, max_concurrent_jobs=quota)
+        s.add(team)
+        s.flush()
+        key, key_hash, prefix = new_api_key()
+        s.add(ApiKey(team_id=team.id, key_hash=key_hash, prefix=prefix))
+        s.commit()
+    return key
