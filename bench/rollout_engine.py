@@ -18,8 +18,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.rollout.engine import HFEngine, SamplingParams  # noqa: E402
+from trainer.actors.engines import HFEngine  # noqa: E402
 from trainer.tiny import build_tiny_model, corpus_lines  # noqa: E402
+from trainer.types import SamplingParams  # noqa: E402
 
 
 def with_generate(engine: HFEngine, prompts: list[list[int]], n: int, tokens: int, seed: int) -> None:

@@ -38,7 +38,7 @@ def free_port() -> int:
 def make_key(url: str) -> str:
     from sqlalchemy import create_engine, text
 
-    from service.store import create_team_with_key
+    from service.core.store import create_team_with_key
 
     if url.startswith("postgresql"):
         engine = create_engine(url)

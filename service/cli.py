@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trainer.tracking import result_table
+from trainer.spec.results import result_table
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
 admin = typer.Typer(help="Teams and API keys (acts on the store directly).", no_args_is_help=True)
@@ -38,7 +38,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the API (and, with no FLYWHEEL_RAY_ADDRESS, a local Ray head)."""
     import uvicorn
 
-    from service.config import Settings
+    from service.core.config import Settings
     from service.main import create_app
 
     settings = Settings(host=host, port=port)
@@ -46,8 +46,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 def _sessions():
-    from service.config import Settings
-    from service.store import make_engine, migrate, session_factory
+    from service.core.config import Settings
+    from service.core.store import make_engine, migrate, session_factory
 
     url = Settings().database_url
     migrate(url)
@@ -56,7 +56,7 @@ def _sessions():
 
 @admin.command("create-team")
 def create_team(name: str, quota: Annotated[int, typer.Option(help="concurrent jobs")] = 2) -> None:
-    from service.store import Team
+    from service.core.store import Team
 
     with _sessions()() as s:
         team = Team(name=name, max_concurrent_jobs=quota)
@@ -70,8 +70,8 @@ def create_key(team: str) -> None:
     """Print a new API key for TEAM (by name). It is shown once; only its hash is stored."""
     from sqlalchemy import select
 
-    from service.auth import new_api_key
-    from service.store import ApiKey, Team
+    from service.core.auth import new_api_key
+    from service.core.store import ApiKey, Team
 
     with _sessions()() as s:
         row = s.scalar(select(Team).where(Team.name == team))
@@ -87,7 +87,7 @@ def create_key(team: str) -> None:
 
 @admin.command("revoke-key")
 def revoke_key(key_id: str) -> None:
-    from service.store import ApiKey
+    from service.core.store import ApiKey
 
     with _sessions()() as s:
         record = s.get(ApiKey, key_id)

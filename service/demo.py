@@ -50,7 +50,7 @@ def main() -> None:
     a = p.parse_args()
 
     from service import cli
-    from service.store import create_team_with_key
+    from service.core.store import create_team_with_key
     from trainer.spec import load_spec
 
     state = (ROOT / a.state_dir).resolve()

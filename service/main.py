@@ -2,6 +2,8 @@
 
 On start it migrates the store, connects to Ray (starting a local head when no address is set),
 reconciles every live job with Ray, and runs the scheduler; on shutdown it stops what it started.
+This process never imports torch or a team's code: what needs them runs on the cluster
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from service import errors
 from service.api.routes import catalog, health, jobs, report
-from service.config import Settings
-from service.launcher import LocalRayHead, RayJobsLauncher
-from service.scheduler import Scheduler
-from service.store import make_engine, migrate, session_factory
+from service.core import errors
+from service.core.config import Settings
+from service.core.store import make_engine, migrate, session_factory
+from service.jobs.checks import ClusterChecks
+from service.jobs.launcher import LocalRayHead, RayJobsLauncher
+from service.jobs.scheduler import Scheduler
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -32,14 +35,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         app.state.sessions = session_factory(engine)
         head, task = None, None
-        app.state.launcher = None
+        address = settings.ray_address
+        if address is None:
+            head = LocalRayHead(settings.ray_dashboard_port)
+            await asyncio.to_thread(head.start)
+            address = head.address
+        app.state.launcher = await asyncio.to_thread(RayJobsLauncher, address, PROJECT_DIR)
+        app.state.checks = ClusterChecks(app.state.launcher, settings.runs_dir / "checks",
+                                         settings.max_concurrent_checks)
         if settings.launch:
-            address = settings.ray_address
-            if address is None:
-                head = LocalRayHead(settings.ray_dashboard_port)
-                await asyncio.to_thread(head.start)
-                address = head.address
-            app.state.launcher = await asyncio.to_thread(RayJobsLauncher, address, PROJECT_DIR)
             scheduler = Scheduler(app.state.sessions, app.state.launcher, settings)
             await asyncio.to_thread(scheduler.reconcile)  # before anything new starts
             task = asyncio.create_task(scheduler.run_forever())

@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    from trainer.cluster import connect
+    from trainer.actors.cluster import connect
 
     connect()
     yield

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reporter = None
     if args.report_url:
-        from trainer.reporting import HttpReporter
+        from trainer.driver.reporting import HttpReporter
 
         reporter = HttpReporter(args.report_url, args.job_id, os.environ["FLYWHEEL_REPORT_TOKEN"])
     try:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.evaluations:
         from rich.console import Console
 
-        from trainer.tracking import result_table
+        from trainer.spec.results import result_table
 
         Console().print(result_table({phase: {"step": 0 if phase == "before" else result.steps_done, "metrics": m}
                                       for phase, m in result.evaluations.items()}))

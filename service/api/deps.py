@@ -1,4 +1,5 @@
-"""Request dependencies: a store session, the calling team (bearer API key), a job it owns."""
+"""Request dependencies: a store session, the calling team (bearer API key), a job it owns, and
+the cluster-side checks."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.auth import hash_secret
-from service.errors import ApiError, not_found
-from service.store import ApiKey, Job, Team
+from service.core.auth import hash_secret
+from service.core.errors import ApiError, not_found
+from service.core.store import ApiKey, Job, Team
+from service.jobs.checks import ClusterChecks
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -64,3 +66,10 @@ def reporting_job(job_id: str, session: SessionDep, authorization: Annotated[str
 
 
 ReportingJobDep = Annotated[Job, Depends(reporting_job)]
+
+
+def cluster_checks(request: Request) -> ClusterChecks:
+    return request.app.state.checks
+
+
+ChecksDep = Annotated[ClusterChecks, Depends(cluster_checks)]

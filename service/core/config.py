@@ -34,7 +34,18 @@ class Settings(BaseSettings):
     """Where job folders (spec, checkpoints, exported model, wandb files) are written."""
 
     launch: bool = True
-    """Launch queued jobs on Ray. Off, jobs stay queued (for load tests of the API alone)."""
+    """Launch queued jobs on Ray. Off, jobs stay queued (for tests of the API alone); a spec's
+    checks still run on the cluster."""
+
+    check_timeout_s: float = 120.0
+    """Time limit for a spec's checks on the cluster (importing its reward modules, reading its
+    data); past it the request fails, naming the field and module or file the check was on."""
+
+    dry_run_timeout_s: float = 600.0
+    """Time limit for `POST /v1/jobs:validate?dry_run=N` (checks, model load, rollouts, scoring)."""
+
+    max_concurrent_checks: int = 2
+    """Checks this service runs on the cluster at once (each is a Python process); others wait."""
 
     scheduler_interval_s: float = 1.0
     """How often queued jobs are considered for launch and live jobs are checked against Ray."""

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.states import IllegalTransition
+from service.core.states import IllegalTransition
 from trainer.spec import SpecError
 
 

@@ -155,7 +155,7 @@ def session_factory(engine: Engine) -> sessionmaker:
 def create_team_with_key(url: str, name: str, quota: int) -> str:
     """Migrate the store, add a team and one API key for it; returns the plaintext key (the demo
     and the load benchmark start from an empty store this way)."""
-    from service.auth import new_api_key
+    from service.core.auth import new_api_key
 
     migrate(url)
     with session_factory(make_engine(url))() as s:

@@ -1,7 +1,10 @@
-"""Launching jobs through the Ray Jobs API, so runs outlive the service.
+"""Launching work on the cluster through the Ray Jobs API: training jobs, so runs outlive the
+service, and the checks of `service.jobs.checks`, so team code never runs in the API process.
 
 With no Ray address configured, `LocalRayHead` starts a Ray head on loopback with token
-authentication (Ray 2.60 refuses Jobs API calls without it) and stops it on shutdown.
+authentication (Ray 2.60 refuses Jobs API calls without it) and stops it on shutdown. The head
+and everything it runs get the service's environment *without* its `FLYWHEEL_*` settings, so no
+job or check sees the database URL.
 """
 
 from __future__ import annotations
@@ -16,6 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+SECRET_PREFIX = "FLYWHEEL_"
+"""The control plane's own settings (database URL, keys): kept out of the cluster's environment."""
+
+
+def cluster_env() -> dict[str, str]:
+    """The service's environment as the cluster may see it."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}, **RAY_ENV}
 
 
 def _ray_bin() -> str:
@@ -49,7 +59,7 @@ class LocalRayHead:
             return False
 
     def start(self) -> None:
-        env = {**os.environ, **RAY_ENV}
+        env = cluster_env()
         os.environ.update(RAY_ENV)
         if self.running():
             return  # adopt it: its jobs are ours, and reconcile picks them up
@@ -59,7 +69,7 @@ class LocalRayHead:
                         "--disable-usage-stats"], env=env, check=True, capture_output=True)
 
     def stop(self) -> None:
-        subprocess.run([_ray_bin(), "stop", "--force"], env={**os.environ, **RAY_ENV}, capture_output=True)
+        subprocess.run([_ray_bin(), "stop", "--force"], env=cluster_env(), capture_output=True)
 
 
 @dataclass
@@ -90,18 +100,24 @@ class RayJobsLauncher:
                 time.sleep(1)
 
     def submit(self, job_id: str, spec: dict, report_url: str, token: str) -> str:
+        """Start `python -m trainer.run` for a job; its only secret is its own report token."""
         run_dir = Path(spec["output_dir"]).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = run_dir / "spec.json"
         spec = {**spec, "output_dir": str(run_dir)}
         spec_path.write_text(json.dumps(spec, indent=2))
-        entrypoint = (f"cd {shlex.quote(str(self.project_dir))} && {shlex.quote(self.python)} -m trainer.run "
-                      f"{shlex.quote(str(spec_path))} --report-url {shlex.quote(report_url)} --job-id {job_id}")
-        return self.client.submit_job(
-            entrypoint=entrypoint, submission_id=f"{job_id}-{int(time.time())}",
-            runtime_env={"env_vars": {"FLYWHEEL_REPORT_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-                                      "WANDB_SILENT": "true"}},
-        )
+        return self._submit(["trainer.run", str(spec_path), "--report-url", report_url, "--job-id", job_id],
+                            f"{job_id}-{int(time.time())}", {"FLYWHEEL_REPORT_TOKEN": token, "WANDB_SILENT": "true"})
+
+    def submit_check(self, folder: Path) -> str:
+        """Start `python -m trainer.checks FOLDER` (it reads the request there and writes the result)."""
+        return self._submit(["trainer.checks", str(folder)], folder.name, {})
+
+    def _submit(self, module_args: list[str], submission_id: str, env: dict[str, str]) -> str:
+        entrypoint = (f"cd {shlex.quote(str(self.project_dir))} && {shlex.quote(self.python)} -m "
+                      + " ".join(shlex.quote(a) for a in module_args))
+        return self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **env}})
 
     def status(self, ray_job_id: str) -> RayStatus:
         try:

@@ -1,26 +1,15 @@
-"""Job logic shared by the routes, the scheduler and the reporting endpoint: creation with
-validation, state changes (checked in `service.states`), queue positions, recording reports."""
+"""Job logic shared by the routes, the scheduler and the reporting endpoint: creation, state
+changes (checked in `service.core.states`), queue positions, recording reports."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.states import LIVE, JobState, check_transition
-from service.store import Job, JobCheckpoint, JobEvent, JobMetric, Team, new_id, now
-from trainer.preflight import preflight
-from trainer.spec import JobSpec, parse_spec
-
-
-def validate_spec(payload: dict[str, Any]) -> JobSpec:
-    """Schema and preflight checks (model folder, data, reward modules); SpecError names the field.
-    The route's body type already refuses anything but a JSON object."""
-    spec = parse_spec(payload)
-    preflight(spec)
-    return spec
+from service.core.states import LIVE, JobState, check_transition
+from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric, Team, new_id, now
+from trainer.spec import JobSpec
 
 
 def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, priority: int = 0,

@@ -12,10 +12,10 @@ import logging
 
 from sqlalchemy import select
 
-from service import jobs as logic
-from service.auth import new_job_token
-from service.states import LIVE, JobState
-from service.store import Job, Team
+from service.core.auth import new_job_token
+from service.core.states import LIVE, JobState
+from service.core.store import Job, Team
+from service.jobs import logic
 
 log = logging.getLogger("flywheel.scheduler")
 

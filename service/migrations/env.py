@@ -1,9 +1,9 @@
-"""Alembic environment: migrations run against the URL `service.store.migrate` sets."""
+"""Alembic environment: migrations run against the URL `service.core.store.migrate` sets."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from service.store import Base
+from service.core.store import Base
 
 config = context.config
 

@@ -6,12 +6,13 @@ from transformers import AutoModelForCausalLM
 
 from environments import build
 from environments.support_desk.legacy import Mistakes, write_demonstrations
+from trainer.actors.deepspeed_rank import micro_batch
+from trainer.actors.rollout_worker import RolloutWorker
 from trainer.algorithms.losses import aggregate, clipped_policy_loss, token_logprobs
-from trainer.learner import LearnBatch, pad_batch
-from trainer.rollout.engine import SamplingParams
-from trainer.rollout.worker import RolloutWorker
-from trainer.sft import encode, read_demonstrations
+from trainer.driver.demonstrations import read_demonstrations
+from trainer.driver.warm_start import encode
 from trainer.tiny import build_tiny_model, corpus_lines
+from trainer.types import PolicyBatch, SamplingParams
 
 ENV = {"train_size": 16, "eval_size": 4, "max_turns": 3, "system_prompt": False}
 
@@ -59,20 +60,22 @@ def test_environment_tokens_get_no_gradient(episodes, desk):
     _, samples = episodes
     _, model_dir = desk
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    batch = LearnBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
-                       [s.completion.logprobs for s in samples], [1.0, -1.0] * 3,
-                       [s.completion.loss_mask() for s in samples])
-    input_ids, attention, mask, old, adv = pad_batch(batch, 0, len(samples), 0)
+    batch = PolicyBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
+                        [s.completion.loss_mask() for s in samples],
+                        old_logprobs_B_T=[s.completion.logprobs for s in samples], advantages_B=[1.0, -1.0] * 3)
+    mb = micro_batch(batch, range(len(samples)), 0)
+    mask = mb.mask_B_T
     assert int(mask.sum()) == sum(sum(s.completion.loss_mask()) for s in samples)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+    logits = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S).logits[:, mb.first:-1]
     logits.retain_grad()
-    logprobs = token_logprobs(logits, input_ids[:, 1:])
-    per_token, _ = clipped_policy_loss(logprobs, old, adv, 0.2, 0.28)
+    logprobs = token_logprobs(logits, mb.input_ids_B_S[:, mb.first + 1:])
+    per_token, _ = clipped_policy_loss(logprobs, mb.align(batch.old_logprobs_B_T), mb.select(batch.advantages_B),
+                                       0.2, 0.28)
     aggregate(per_token, mask, "token_mean").backward()
     grad_per_position = logits.grad.abs().sum(-1)
     env_positions = torch.zeros_like(mask)
     for r, s in enumerate(samples):
-        start = len(s.prompt_ids) - 1
+        start = len(s.prompt_ids) - 1 - mb.first
         for k, m in enumerate(s.completion.loss_mask()):
             env_positions[r, start + k] = not m
     assert env_positions.any()

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from service.auth import new_api_key
-from service.config import Settings
+from service.core.auth import new_api_key
+from service.core.config import Settings
+from service.core.store import ApiKey, Team, make_engine, migrate, session_factory
 from service.main import create_app
-from service.store import ApiKey, Team, make_engine, migrate, session_factory
 
 PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")
 STORES = ["sqlite"] + (["postgres"] if PG_URL else [])

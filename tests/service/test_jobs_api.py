@@ -99,8 +99,8 @@ def test_malformed_json_is_a_422_naming_the_body(client, alice):
 
 
 def _job_token(app, job_id: str) -> str:
-    from service.auth import new_job_token
-    from service.store import Job
+    from service.core.auth import new_job_token
+    from service.core.store import Job
 
     token, token_hash = new_job_token()
     with app.state.sessions() as s:
@@ -138,7 +138,7 @@ def test_trainer_reports_are_stored_once_and_readable(app, client, alice, spec):
 def test_evaluations_become_the_jobs_before_after_result(app, client, alice, spec):
     from rich.console import Console
 
-    from trainer.tracking import result_table
+    from trainer.spec.results import result_table
 
     job = client.post("/v1/jobs", json=spec, headers=alice).json()
     assert job["result"] is None

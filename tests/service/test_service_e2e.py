@@ -33,7 +33,7 @@ def free_port() -> int:
 def ray_head():
     import ray
 
-    from service.launcher import LocalRayHead
+    from service.jobs.launcher import LocalRayHead
 
     ray.shutdown()  # the integration tests' in-process Ray
     head = LocalRayHead(free_port())
@@ -63,7 +63,7 @@ class Service:
 
 @pytest.fixture
 def settings(ray_head, tmp_path):
-    from service.config import Settings
+    from service.core.config import Settings
 
     return Settings(database_url=f"sqlite:///{tmp_path / 'fw.db'}", port=free_port(), ray_address=ray_head,
                     runs_dir=tmp_path / "runs", scheduler_interval_s=0.5)
@@ -115,7 +115,7 @@ def test_job_runs_to_success_and_the_cli_follows_it(settings, tiny_model):
 
 
 def test_cancel_a_running_job_keeps_its_checkpoints(settings, tiny_model):
-    from service.launcher import RayJobsLauncher
+    from service.jobs.launcher import RayJobsLauncher
 
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
@@ -140,7 +140,7 @@ def test_cancel_a_running_job_keeps_its_checkpoints(settings, tiny_model):
 
 
 def _ray_job_id(settings, job_id):
-    from service.store import Job, make_engine, session_factory
+    from service.core.store import Job, make_engine, session_factory
 
     with session_factory(make_engine(settings.database_url))() as s:
         return s.get(Job, job_id).ray_job_id

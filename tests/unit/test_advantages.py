@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
-from trainer.algorithms import advantages_for, grpo_advantages, rloo_advantages
-from trainer.spec_algorithms import GRPOSpec, RLOOSpec
+from trainer.algorithms import ALGORITHMS, build_algorithm
+from trainer.algorithms.advantages import grpo_advantages, rloo_advantages
+from trainer.spec import ALGORITHM_TAGS
+from trainer.spec.algorithms import GRPOSpec, RLOOSpec
 
 STD = math.sqrt(1 / 3)  # unbiased std of [1, 0, 0, 1] and of [1, 0, 1]
 
@@ -54,8 +56,12 @@ def test_rloo_with_failed_sample():
     assert adv.flatten().tolist() == pytest.approx([1.5, -1.5, 0.0, 0.0])
 
 
-def test_advantages_for_dispatches_on_spec_type():
+def test_the_algorithm_object_follows_its_spec():
     r = torch.tensor([[1.0, 0.0]])
     valid = torch.ones_like(r, dtype=torch.bool)
-    assert advantages_for(GRPOSpec(scale_std=False), r, valid).tolist() == [[0.5, -0.5]]
-    assert advantages_for(RLOOSpec(), r, valid).tolist() == [[1.0, -1.0]]
+    assert build_algorithm(GRPOSpec(scale_std=False), 16).advantages(r, valid).tolist() == [[0.5, -0.5]]
+    assert build_algorithm(RLOOSpec(), 16).advantages(r, valid).tolist() == [[1.0, -1.0]]
+
+
+def test_every_spec_variant_has_an_algorithm_object():
+    assert set(ALGORITHMS) == ALGORITHM_TAGS

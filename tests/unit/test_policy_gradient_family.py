@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trainer.algorithms import advantages_for, policy_loss_for
+from trainer.algorithms import build_algorithm
 from trainer.algorithms.advantages import overlong_penalty, reinforce_pp_advantages, tied_groups
 from trainer.algorithms.losses import aggregate, clipped_policy_loss, gspo_policy_loss
 from trainer.spec import SpecError, parse_spec
@@ -134,7 +134,7 @@ def test_losses_agree_with_trl(loss_type, level, algorithm, tiny_model):
     logprobs = old + 0.3 * torch.randn(3, 4)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
     adv = torch.tensor([1.0, -0.5, 2.0])
-    ours, _ = policy_loss_for(algo, logprobs, old, adv, mask)
+    ours, _ = build_algorithm(algo, 4).policy_loss(logprobs, old, adv, mask)
     ours = aggregate(ours, mask, algo.loss_agg, constant=algo.loss_constant or 4)
     theirs = trl_loss(loss_type, level, logprobs, old, adv, mask, algo.clip_eps_low, algo.clip_eps_high, 4)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
@@ -159,7 +159,7 @@ def test_presets_and_defaults(tiny_model):
     assert spec_with(tiny_model, {"type": "reinforce_pp", "group_size": 1}).algorithm.group_size == 1
     rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     valid = torch.ones_like(rewards, dtype=torch.bool)
-    torch.testing.assert_close(advantages_for(dr, rewards, valid), torch.tensor([[0.5, -0.5], [0.0, 0.0]]))
+    torch.testing.assert_close(build_algorithm(dr, 16).advantages(rewards, valid), torch.tensor([[0.5, -0.5], [0.0, 0.0]]))
 
 
 @pytest.mark.parametrize(("algorithm", "field", "words"), [
@@ -180,9 +180,8 @@ def test_wrong_knobs_and_impossible_values_are_refused_by_field(tiny_model, algo
 
 def test_loss_masks_drop_failed_and_optionally_truncated_samples():
     from environments import Task
-    from trainer.loop import loss_masks
-    from trainer.rollout.engine import Completion
-    from trainer.rollout.worker import Sample
+    from trainer.driver.learn import loss_masks
+    from trainer.types import Completion, Sample
 
     task = Task("t", [{"role": "user", "content": "q"}])
     samples = [Sample(task, 0, [1], Completion([5, 6], [0.0, 0.0], "ab", truncated=True), 0),

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from tests.conftest import DIGITS, ROOT
-from trainer.preflight import preflight
+from trainer.checks.preflight import preflight
 from trainer.spec import SpecError, parse_spec
 
 

@@ -6,10 +6,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from environments import Task
+from trainer.actors.deepspeed_rank import micro_batch
+from trainer.actors.engines import processed_logprobs
+from trainer.actors.rollout_worker import RolloutWorker
 from trainer.algorithms.losses import token_logprobs
-from trainer.learner import LearnBatch, pad_batch
-from trainer.rollout.engine import SamplingParams, processed_logprobs
-from trainer.rollout.worker import RolloutWorker
+from trainer.types import SamplingParams, TokenBatch
 
 TASKS = [Task("0", [{"role": "user", "content": "How many apples?"}]),
          Task("1", [{"role": "user", "content": "Give the count of refunds as a number, please."}])]
@@ -24,14 +25,14 @@ def worker(tiny_model):
 def test_engine_logprobs_match_learner_recomputation(worker, tiny_model, temperature):
     samples = worker.generate(TASKS, 0, 3, SamplingParams(10, temperature), seed=1)
     assert len(samples) == 6 and [s.group for s in samples] == [0, 0, 0, 1, 1, 1]
-    batch = LearnBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
-                       [s.completion.logprobs for s in samples], [0.0] * 6,
+    batch = TokenBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
                        [[True] * len(s.completion.token_ids) for s in samples])
-    input_ids, attention, mask, old, _ = pad_batch(batch, 0, 6, worker.engine.tokenizer().pad_token_id)
+    mb = micro_batch(batch, range(6), worker.engine.tokenizer().pad_token_id)
+    mask, old = mb.mask_B_T, mb.align([s.completion.logprobs for s in samples])
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1] / temperature
-    recomputed = token_logprobs(logits, input_ids[:, 1:])
+        logits = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S).logits[:, mb.first:-1] / temperature
+    recomputed = token_logprobs(logits, mb.input_ids_B_S[:, mb.first + 1:])
     assert int(mask.sum()) == sum(len(s.completion.token_ids) for s in samples)
     torch.testing.assert_close(recomputed[mask], old[mask], atol=1e-4, rtol=0)
 

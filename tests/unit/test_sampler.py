@@ -1,5 +1,5 @@
 from environments import Task
-from trainer.sampler import TaskSampler
+from trainer.driver.sampler import TaskSampler
 
 TASKS = [Task(str(i), [{"role": "user", "content": str(i)}]) for i in range(5)]
 

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from trainer.run import parse_overrides
-from trainer.spec import GRPOSpec, SpecError, load_spec, parse_spec
+from trainer.spec import SpecError, load_spec, parse_spec
+from trainer.spec.algorithms import GRPOSpec
 
 BASE = {"model": {"path": "m"}, "rewards": [{"name": "regex", "config": {"pattern": "x"}}]}
 

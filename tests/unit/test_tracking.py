@@ -1,4 +1,4 @@
-from trainer.tracking import progress_line
+from trainer.driver.tracking import progress_line
 
 M = {"reward/mean": 0.4123, "kl": 0.00123, "perf/tokens_per_s": 812.4, "time/step": 1.92, "time/rollout": 0.81,
      "time/reward": 0.1, "time/learn": 0.9, "time/sync": 0.11, "reward/failed": 0.0}

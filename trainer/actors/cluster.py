@@ -1,4 +1,6 @@
 """Ray plumbing for one job: connect, reserve one placement group, start the actors, tear down.
+It runs in the driver; the actors it starts are the other modules of this package
+(docs/architecture.md, "Processes").
 
 With no `RAY_ADDRESS` a local Ray starts in-process; with it, the job joins that cluster. Each
 actor reserves a fractional CPU share and runs torch on one thread, so a 2-core machine fits two
@@ -15,11 +17,11 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from trainer.affinity import local_cpu_cores
-from trainer.critic import Critic
-from trainer.learner import Learner
-from trainer.reward_worker import RewardWorker
-from trainer.rollout.worker import RolloutWorker
+from trainer.actors.affinity import local_cpu_cores
+from trainer.actors.critic import Critic
+from trainer.actors.learner import Learner
+from trainer.actors.reward_worker import RewardWorker
+from trainer.actors.rollout_worker import RolloutWorker
 
 REWARD_WORKER_CPUS = 0.1
 PLACEMENT_TIMEOUT_S = 120
@@ -77,7 +79,7 @@ def start_actors(spec) -> JobActors:
     """Reserve the job's placement group and start every actor in it; learners are set up too."""
     rollout, learner = spec.rollout, spec.learner
     gpu = 1 if _cluster_has_gpus() else 0
-    critic_ranks = (spec.algorithm.critic_ranks or learner.ranks) if spec.algorithm.type == "ppo" else 0
+    critic_ranks = spec.algorithm.critic_world_size(learner.ranks)
     bundles = ([{"CPU": rollout.num_cpus, "GPU": gpu} if gpu else {"CPU": rollout.num_cpus}] * rollout.workers
                + [{"CPU": learner.num_cpus, "GPU": gpu} if gpu else {"CPU": learner.num_cpus}]
                * (learner.ranks + critic_ranks)

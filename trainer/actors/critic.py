@@ -10,83 +10,48 @@ from __future__ import annotations
 
 import torch
 
-from trainer.affinity import pin_to_core
+from trainer.actors.deepspeed_rank import DeepSpeedRank, MicroBatch
 from trainer.algorithms.losses import aggregate
 from trainer.algorithms.ppo import clipped_value_loss
-from trainer.learner import LearnBatch, StepCounts, deepspeed_engine, free_port, init_distributed, pad_batch
+from trainer.types import StepCounts, TokenBatch, ValueBatch
 
 
-class Critic:
+class Critic(DeepSpeedRank):
     """Wrapped with `ray.remote` by the cluster. `address()` on rank 0 first, then `setup()` on all."""
-
-    def __init__(self, rank: int, world_size: int, threads: int = 1, core: int | None = None):
-        pin_to_core(core, threads)
-        self.rank, self.world_size = rank, world_size
-
-    def address(self) -> tuple[str, int]:
-        import ray
-
-        return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master: tuple[str, int], model_path: str, dtype: str, learner, lr: float, value_clip: float,
               per_rank: int) -> None:
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-        init_distributed(master, self.rank, self.world_size)
-        self.micro_batch, self.value_clip = learner.micro_batch, value_clip
-        self.gas = per_rank // learner.micro_batch
-        self.pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
+        self._join(master)
+        self.value_clip = value_clip
+        pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id
         torch.manual_seed(0)  # the same fresh value head on every rank
         model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=getattr(torch, dtype))
-        self.engine = deepspeed_engine(model, learner, lr, self.gas, dtype)
+        self._start_engine(model, learner, lr, per_rank, dtype, pad_id)
 
-    def _values(self, input_ids, attention, first: int) -> torch.Tensor:
-        """Values at positions first … end-1 (each predicts the token after it)."""
-        out = self.engine(input_ids=input_ids, attention_mask=attention)
-        return out.logits[:, first:-1, 0].float()
+    def _values(self, mb: MicroBatch) -> torch.Tensor:
+        """Values [B, T] at the kept positions (each predicts the token after it)."""
+        out = self.engine(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S)
+        return out.logits[:, mb.first:-1, 0].float()
 
     @torch.no_grad()
-    def values(self, batch: LearnBatch) -> list[list[float]]:
+    def values(self, batch: TokenBatch) -> list[list[float]]:
         """The value before each completion token, per sample."""
         self.engine.eval()
-        out = []
-        for start in range(0, len(batch.prompt_ids), self.micro_batch):
-            stop = min(start + self.micro_batch, len(batch.prompt_ids))
-            input_ids, attention, _, _, _ = pad_batch(batch, start, stop, self.pad_id)
-            first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
-            values = self._values(input_ids.to(self.engine.device), attention.to(self.engine.device), first)
-            for r, i in enumerate(range(start, stop)):
-                n_p, n_c = len(batch.prompt_ids[i]), len(batch.completion_ids[i])
-                out.append(values[r, n_p - 1 - first : n_p - 1 - first + n_c].tolist())
-        return out
+        return [v for mb in self._micro_batches(batch) for v in mb.unalign(self._values(mb))]
 
-    def train_step(self, batch: LearnBatch, returns: list[list[float]], counts: StepCounts) -> dict[str, float]:
-        """One optimizer step on the clipped value loss (token mean over the whole mini-batch).
-        `batch.old_logprobs` carries the rollout-time values (the clip's anchor)."""
+    def train_step(self, batch: ValueBatch, counts: StepCounts) -> dict[str, float]:
+        """One optimizer step on the clipped value loss (token mean over the whole mini-batch)."""
         self.engine.train()
-        target = LearnBatch(batch.prompt_ids, batch.completion_ids, returns, batch.advantages, batch.mask)
         stats = {"value_loss": 0.0, "value_clipped": 0.0, "tokens": 0.0}
-        for start in range(0, len(batch.prompt_ids), self.micro_batch):
-            stop = start + self.micro_batch
-            input_ids, attention, mask, old_values, _ = (t.to(self.engine.device)
-                                                         for t in pad_batch(batch, start, stop, self.pad_id))
-            returns_B_T = pad_batch(target, start, stop, self.pad_id)[3].to(self.engine.device)
-            first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
-            mask, old_values, returns_B_T = mask[:, first:], old_values[:, first:], returns_B_T[:, first:]
-            values = self._values(input_ids, attention, first)
-            per_token, clipped = clipped_value_loss(values, old_values, returns_B_T, self.value_clip)
-            loss = aggregate(per_token, mask, "token_mean", counts.num_sequences, counts.num_tokens)
-            self.engine.backward(loss * self.world_size * self.gas)
-            self.engine.step()
+        for mb in self._micro_batches(batch):
+            values_B_T = self._values(mb)
+            per_token, clipped = clipped_value_loss(values_B_T, mb.align(batch.old_values_B_T),
+                                                    mb.align(batch.returns_B_T), self.value_clip)
+            loss = aggregate(per_token, mb.mask_B_T, "token_mean", counts.num_sequences, counts.num_tokens)
+            self._backward(loss)
             stats["value_loss"] += float(loss)
-            stats["value_clipped"] += float((clipped & mask).sum())
-            stats["tokens"] += float(mask.sum())
+            stats["value_clipped"] += float((clipped & mb.mask_B_T).sum())
+            stats["tokens"] += float(mb.mask_B_T.sum())
         return stats
-
-    def save_checkpoint(self, directory: str, tag: str) -> None:
-        self.engine.save_checkpoint(directory, tag=tag)
-
-    def load_checkpoint(self, directory: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True)
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")

@@ -1,4 +1,4 @@
-"""Generation engines behind the rollout workers.
+"""Generation engines, owned by the rollout workers (one per worker actor).
 
 An engine turns prompt token ids into sampled completions with the per-token log-probabilities
 of the distribution it sampled from (after temperature and top-p), and takes new weights in
@@ -8,33 +8,11 @@ the same three methods.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-
-@dataclass
-class Completion:
-    """One sampled completion. `token_ids` include the closing EOS when the model emitted one."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    text: str
-    truncated: bool
-    mask: list[bool] | None = None
-    """Which tokens the policy sampled (the loss mask); None means all. Multi-turn episodes set
-    it False on the tokens the environment wrote."""
-
-    def loss_mask(self) -> list[bool]:
-        return self.mask if self.mask is not None else [True] * len(self.token_ids)
+from trainer.types import Completion, SamplingParams
 
 
 class Engine(Protocol):

@@ -1,4 +1,4 @@
-"""Multi-turn rollouts: batches of episodes against an environment.
+"""Multi-turn rollouts: batches of episodes against an environment (inside a rollout worker).
 
 Every turn, the engine writes the assistant message for each live episode in one batch, the
 environment answers each, and the episodes that are not done go round again. An episode becomes
@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 from environments.base import Episode, Message, Step, Task
-from trainer.rollout.engine import Completion, Engine, SamplingParams
+from trainer.actors.engines import Engine
+from trainer.chat import reply_ids
+from trainer.types import Completion, SamplingParams
 
 
 @dataclass
@@ -34,26 +36,6 @@ class Trajectory:
     def completion(self) -> Completion:
         text = next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
         return Completion(self.token_ids, self.logprobs, text, self.truncated, self.mask)
-
-
-def render(tokenizer, messages: list[Message], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-
-def reply_ids(tokenizer, history: list[Message], reply: list[Message], eos_sampled: bool) -> list[int]:
-    """Token ids that follow the assistant's sampled tokens: the rest of the assistant turn's
-    template (its EOS unless the model sampled it), the replies, and the next generation prompt."""
-    before = render(tokenizer, history, generation_prompt=False)
-    after = render(tokenizer, history + reply, generation_prompt=True)
-    if not after.startswith(before):
-        raise ValueError("the chat template renders a conversation differently once it grows; "
-                         "multi-turn rollouts need a template that only appends")
-    content = history[-1]["content"]
-    closing = before[before.rindex(content) + len(content):] if content else before[len(before.rstrip()):]
-    eos = tokenizer.eos_token or ""
-    if eos_sampled and eos and closing.startswith(eos):
-        closing = closing[len(eos):]
-    return tokenizer(closing + after[len(before):], add_special_tokens=False)["input_ids"]
 
 
 def run_episodes(engine: Engine, env, tasks: list[Task], prompts_ids: list[list[int]], n: int,

@@ -1,232 +1,102 @@
-"""A DeepSpeed learner rank: one Ray actor per data-parallel rank, together one torch.distributed
-group (gloo on CPU, NCCL on GPU).
+"""The policy's DeepSpeed learner ranks: one Ray actor per data-parallel rank, together one
+torch.distributed group (gloo on CPU, NCCL on GPU). See docs/architecture.md, "Processes".
 
 Each rank gets an equal share of the step's samples, runs them in micro-batches with DeepSpeed's
 gradient accumulation, and all ranks take one optimizer step. The loss of every micro-batch is
-normalised by the *whole step's* sequence and token counts, then multiplied back by
-world_size × accumulation steps, because DeepSpeed divides by both (averaging gradients over
-ranks, scaling the loss by 1/GAS); the summed gradient is then exactly that of the full-batch
-loss, whichever split the batch had.
+normalised by the *whole step's* sequence and token counts (`DeepSpeedRank._backward` says why
+the sum is then exactly the full-batch gradient, whichever split the batch had).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from trainer.affinity import pin_to_core
-from trainer.algorithms import policy_loss_for
+from trainer.actors.deepspeed_rank import DeepSpeedRank, MicroBatch
+from trainer.algorithms import build_algorithm
 from trainer.algorithms.losses import aggregate, k3_kl, token_logprobs_and_entropy
+from trainer.types import PolicyBatch, StepCounts, TokenBatch
 
 
-@dataclass
-class LearnBatch:
-    """One rank's share of a step: token ids, old logprobs and advantages per sample."""
-
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
-    old_logprobs: list[list[float]]
-    advantages: list[float] | list[list[float]]
-    """One per sample, or one per completion token (PPO's GAE)."""
-    mask: list[list[bool]]
-    """Which completion tokens count in the loss (False for environment-written or failed samples)."""
-
-
-@dataclass(frozen=True)
-class StepCounts:
-    """Batch-wide counts every rank normalises by."""
-
-    num_sequences: int
-    num_tokens: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def pad_batch(batch: LearnBatch, start: int, stop: int, pad_id: int):
-    """Right-padded input ids, completion-token mask, old logprobs and advantages for rows [start, stop)."""
-    rows = range(start, stop)
-    seqs = [batch.prompt_ids[i] + batch.completion_ids[i] for i in rows]
-    width = max(map(len, seqs))
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    # Targets are shifted by one: position p predicts token p + 1.
-    loss_mask = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
-    old = torch.zeros((len(seqs), width - 1))
-    for r, i in enumerate(rows):
-        n_p, n_c = len(batch.prompt_ids[i]), len(batch.completion_ids[i])
-        input_ids[r, : n_p + n_c] = torch.tensor(seqs[r])
-        attention[r, : n_p + n_c] = 1
-        loss_mask[r, n_p - 1 : n_p - 1 + n_c] = torch.tensor(batch.mask[i], dtype=torch.bool)
-        old[r, n_p - 1 : n_p - 1 + n_c] = torch.tensor(batch.old_logprobs[i])
-    if rows and isinstance(batch.advantages[start], list):  # per-token advantages (PPO)
-        advantages = torch.zeros((len(seqs), width - 1))
-        for r, i in enumerate(rows):
-            n_p = len(batch.prompt_ids[i])
-            advantages[r, n_p - 1 : n_p - 1 + len(batch.advantages[i])] = torch.tensor(batch.advantages[i])
-    else:
-        advantages = torch.tensor(batch.advantages[start:stop])
-    return input_ids, attention, loss_mask, old, advantages
-
-
-STALE_BUILD_LOCK_S = 300
-
-
-def clear_stale_build_locks() -> None:
-    """Remove torch-extension build locks older than STALE_BUILD_LOCK_S. DeepSpeed JIT-builds its
-    CPU shared-memory op (about 40 s) under a lock file; a process killed mid-build leaves the file
-    behind and every later build waits on it forever."""
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    for lock in root.glob("*/*/lock") if root.exists() else []:
-        if time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
-            print(f"removing a stale build lock left by a killed process: {lock}", file=sys.stderr)
-            lock.unlink(missing_ok=True)
-
-
-def init_distributed(master: tuple[str, int], rank: int, world_size: int) -> None:
-    """Join this actor's torch.distributed group (NCCL on GPUs, gloo on CPU) via DeepSpeed."""
-    import deepspeed
-
-    clear_stale_build_locks()
-    os.environ.update(MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-
-
-def deepspeed_engine(model, learner, lr: float, gas: int, dtype: str):
-    """A DeepSpeed engine with AdamW and the learner spec's ZeRO stage, micro-batch and clipping."""
-    import deepspeed
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=learner.weight_decay)
-    config = {
-        "train_micro_batch_size_per_gpu": learner.micro_batch,
-        "gradient_accumulation_steps": gas,
-        "gradient_clipping": learner.grad_clip,
-        "zero_optimization": {"stage": learner.zero_stage},
-        "bf16": {"enabled": dtype == "bfloat16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-    }
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    return engine
-
-
-class Learner:
-    """Wrapped with `ray.remote` by the loop. Call `address()` on rank 0 first, then `setup()` on all."""
-
-    def __init__(self, rank: int, world_size: int, threads: int = 1, core: int | None = None):
-        pin_to_core(core, threads)
-        self.rank, self.world_size = rank, world_size
-
-    def address(self) -> tuple[str, int]:
-        import ray
-
-        return ray.util.get_node_ip_address(), free_port()
+class Learner(DeepSpeedRank):
+    """Wrapped with `ray.remote` by the cluster. `address()` on rank 0 first, then `setup()` on all."""
 
     def setup(self, master: tuple[str, int], model_path: str, dtype: str, learner, algorithm,
               temperature: float, max_new_tokens: int, per_rank: int) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        init_distributed(master, self.rank, self.world_size)
-        self.algorithm, self.temperature = algorithm, temperature
-        self.constant = algorithm.loss_constant or max_new_tokens
-        self.zero_stage = learner.zero_stage
-        self.micro_batch = learner.micro_batch
-        self.gas = per_rank // learner.micro_batch
+        self._join(master)
+        self.algorithm = build_algorithm(algorithm, max_new_tokens)
+        self.temperature, self.zero_stage, self.rl_lr = temperature, learner.zero_stage, learner.lr
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch_dtype = getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         self.reference = None
-        if algorithm.kl_beta > 0:
+        if self.algorithm.needs_reference:
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
             self.reference.requires_grad_(False)
-        self.engine = deepspeed_engine(model, learner, learner.lr, self.gas, dtype)
-        self.rl_lr = learner.lr
+        self._start_engine(model, learner, learner.lr, per_rank, dtype, self.tokenizer.pad_token_id)
         if self.reference is not None:
             self.reference.to(self.engine.device)
 
-    def _logprobs(self, model, input_ids, attention, first: int, temperature: float | None = None):
-        """Logprobs and entropies of tokens first+1 … end. Positions before `first` (the shortest
-        prompt's last token) predict only prompt tokens, so the LM head and softmax skip them."""
-        keep = input_ids.shape[1] - first
-        out = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
+    def _logprobs(self, model, mb: MicroBatch, temperature: float | None = None):
+        """Logprobs and entropies [B, T] of the tokens each kept position predicts."""
+        out = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S,
+                    logits_to_keep=mb.input_ids_B_S.shape[1] - mb.first)
         logits = out.logits[:, :-1].float() / (temperature or self.temperature)
-        return token_logprobs_and_entropy(logits, input_ids[:, first + 1 :])
+        return token_logprobs_and_entropy(logits, mb.input_ids_B_S[:, mb.first + 1:])
 
-    def train_step(self, batch: LearnBatch, counts: StepCounts) -> dict[str, float]:
+    def train_step(self, batch: PolicyBatch, counts: StepCounts) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
-        algo, device = self.algorithm, self.engine.device
+        algo = self.algorithm
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0}
         self._set_lr(self.rl_lr)
         self.engine.train()
-        for start in range(0, len(batch.advantages), self.micro_batch):
-            stop = start + self.micro_batch
-            input_ids, attention, mask, old, adv = (t.to(device) for t in
-                                                    pad_batch(batch, start, stop, self.tokenizer.pad_token_id))
-            first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
-            mask, old = mask[:, first:], old[:, first:]
-            adv = adv[:, first:] if adv.dim() == 2 else adv
-            logprobs, entropy = self._logprobs(self.engine, input_ids, attention, first)
-            per_token, clipped = policy_loss_for(algo, logprobs, old, adv, mask)
-            if self.reference is not None and getattr(algo, "kl_mode", "loss") == "loss":
+        for mb in self._micro_batches(batch):
+            old_B_T = mb.align(batch.old_logprobs_B_T)
+            advantages = (mb.select(batch.advantages_B) if batch.advantages_B is not None
+                          else mb.align(batch.advantages_B_T))
+            logprobs_B_T, entropy_B_T = self._logprobs(self.engine, mb)
+            per_token, clipped = algo.policy_loss(logprobs_B_T, old_B_T, advantages, mb.mask_B_T)
+            if algo.kl_in_loss:
                 with torch.no_grad():
-                    ref_logprobs, _ = self._logprobs(self.reference, input_ids, attention, first)
-                kl = k3_kl(logprobs, ref_logprobs)
-                per_token = per_token + algo.kl_beta * kl
-                stats["kl_sum"] += float((kl.detach() * mask).sum())
-            loss = aggregate(per_token, mask, algo.loss_agg, counts.num_sequences, counts.num_tokens, self.constant)
-            self.engine.backward(loss * self.world_size * self.gas)
-            self.engine.step()
+                    ref_B_T, _ = self._logprobs(self.reference, mb)
+                kl_B_T = k3_kl(logprobs_B_T, ref_B_T)
+                per_token = per_token + algo.config.kl_beta * kl_B_T
+                stats["kl_sum"] += float((kl_B_T.detach() * mb.mask_B_T).sum())
+            loss = algo.reduce(per_token, mb.mask_B_T, counts.num_sequences, counts.num_tokens)
+            self._backward(loss)
             with torch.no_grad():
                 stats["loss"] += float(loss)
-                stats["clipped_tokens"] += float((clipped & mask).sum())
-                stats["entropy_sum"] += float((entropy * mask).sum())
-                stats["tokens"] += float(mask.sum())
+                stats["clipped_tokens"] += float((clipped & mb.mask_B_T).sum())
+                stats["entropy_sum"] += float((entropy_B_T * mb.mask_B_T).sum())
+                stats["tokens"] += float(mb.mask_B_T.sum())
         grad_norm = self.engine.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         return stats
 
     @torch.no_grad()
-    def reference_logprobs(self, batch: LearnBatch) -> list[list[float]]:
+    def reference_logprobs(self, batch: TokenBatch) -> list[list[float]]:
         """The frozen reference's logprob of every completion token (PPO's KL-in-reward)."""
         out = []
-        for start in range(0, len(batch.prompt_ids), self.micro_batch):
-            stop = min(start + self.micro_batch, len(batch.prompt_ids))
-            input_ids, attention, _, _, _ = pad_batch(batch, start, stop, self.tokenizer.pad_token_id)
-            first = min(len(p) for p in batch.prompt_ids[start:stop]) - 1
-            logprobs, _ = self._logprobs(self.reference, input_ids.to(self.engine.device),
-                                         attention.to(self.engine.device), first)
-            for r, i in enumerate(range(start, stop)):
-                n_p, n_c = len(batch.prompt_ids[i]), len(batch.completion_ids[i])
-                out.append(logprobs[r, n_p - 1 - first : n_p - 1 - first + n_c].tolist())
+        for mb in self._micro_batches(batch):
+            logprobs_B_T, _ = self._logprobs(self.reference, mb)
+            out += mb.unalign(logprobs_B_T)
         return out
 
-    def sft_step(self, batch: LearnBatch, counts: StepCounts, lr: float) -> dict[str, float]:
+    def sft_step(self, batch: TokenBatch, counts: StepCounts, lr: float) -> dict[str, float]:
         """One supervised step (the warm start): the mean negative log-likelihood of the masked
         tokens over the whole batch, at temperature 1. Returns summed loss and token count."""
         self._set_lr(lr)
         self.engine.train()
         stats = {"loss": 0.0, "tokens": 0.0}
-        for start in range(0, len(batch.prompt_ids), self.micro_batch):
-            input_ids, attention, mask, _, _ = (t.to(self.engine.device) for t in pad_batch(
-                batch, start, start + self.micro_batch, self.tokenizer.pad_token_id))
-            first = min(len(p) for p in batch.prompt_ids[start:start + self.micro_batch]) - 1
-            mask = mask[:, first:]
-            logprobs, _ = self._logprobs(self.engine, input_ids, attention, first, temperature=1.0)
-            loss = aggregate(-logprobs, mask, "token_mean", counts.num_sequences, counts.num_tokens, self.constant)
-            self.engine.backward(loss * self.world_size * self.gas)
-            self.engine.step()
+        for mb in self._micro_batches(batch):
+            logprobs_B_T, _ = self._logprobs(self.engine, mb, temperature=1.0)
+            loss = aggregate(-logprobs_B_T, mb.mask_B_T, "token_mean", counts.num_sequences, counts.num_tokens)
+            self._backward(loss)
             stats["loss"] += float(loss)
-            stats["tokens"] += float(mask.sum())
+            stats["tokens"] += float(mb.mask_B_T.sum())
         return stats
 
     def _set_lr(self, lr: float) -> None:
@@ -248,15 +118,6 @@ class Learner:
         if self.rank != 0:
             return None
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-    def save_checkpoint(self, directory: str, tag: str) -> None:
-        self.engine.save_checkpoint(directory, tag=tag)
-
-    def load_checkpoint(self, directory: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
 
     def export(self, directory: str) -> str | None:
         """Write the policy in Hugging Face format (rank 0); every rank must call it."""

@@ -10,7 +10,7 @@ from collections import Counter
 
 from rewards import RewardModule, ScoreResult, load
 from rewards.scoring import score
-from trainer.rollout.worker import Sample
+from trainer.types import Sample
 
 
 def load_modules(specs) -> list[RewardModule]:

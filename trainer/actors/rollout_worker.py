@@ -3,38 +3,14 @@ tasks, and takes new weights from the learner after every step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
-from environments.base import Message, Task
-from trainer.affinity import pin_to_core
-from trainer.rollout.engine import Completion, SamplingParams, build_engine
-from trainer.rollout.episodes import run_episodes
-
-
-@dataclass
-class Sample:
-    """One completion of a group, with everything the reward and the learner need."""
-
-    task: Task
-    group: int
-    prompt_ids: list[int]
-    completion: Completion
-    weights_version: int
-    outcome: dict[str, Any] = field(default_factory=dict)
-    """What the environment recorded when the episode ended (multi-turn only)."""
-    messages: list[Message] | None = None
-    """Multi-turn only: the conversation after the prompt (assistant turns and replies)."""
-
-
-def format_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """Chat-template the prompt messages (TRL's helper) and tokenize them."""
-    from trl.data_utils import maybe_apply_chat_template
-
-    text = maybe_apply_chat_template({"prompt": messages}, tokenizer)["prompt"]
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+from environments.base import Task
+from trainer.actors.affinity import pin_to_core
+from trainer.actors.engines import build_engine
+from trainer.actors.episodes import run_episodes
+from trainer.chat import format_prompt
+from trainer.types import Sample, SamplingParams
 
 
 class RolloutWorker:

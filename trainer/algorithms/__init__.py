@@ -1,46 +1,41 @@
-"""Algorithms as pure torch functions: advantage estimators and policy losses.
+"""The algorithms: pure torch, no Ray, DeepSpeed or I/O (docs/architecture.md, "Algorithms").
 
-`advantages_for` and `policy_loss_for` map a spec's `algorithm` (trainer.spec.AlgorithmSpec) to
-them; each module's docstring gives the formulas and the papers.
+`advantages.py`, `losses.py` and `ppo.py` hold the formulas as tested functions; each algorithm
+is one object (`base.Algorithm`) in its own module, and `ALGORITHMS` below names them all. The
+loop and the learner ask the object — its advantages, its loss, whether it needs a critic or a
+reference, whether it refills groups or filters truncated samples — and never test `type`.
+
+Adding an algorithm touches three places: its module here, its spec variant in
+`trainer/spec/algorithms.py` (and the `AlgorithmSpec` union there), and the `ALGORITHMS` dict.
 """
 
-import torch
+from __future__ import annotations
 
-from trainer.algorithms.advantages import (
-    grpo_advantages,
-    overlong_penalty,
-    reinforce_pp_advantages,
-    rloo_advantages,
-    tied_groups,
-)
-from trainer.algorithms.losses import aggregate, clipped_policy_loss, gspo_policy_loss, k3_kl, masked_mean
+from trainer.algorithms.base import Algorithm
+from trainer.algorithms.dapo import DAPO
+from trainer.algorithms.grpo import GRPO, DrGRPO
+from trainer.algorithms.gspo import GSPO
+from trainer.algorithms.ppo import PPO
+from trainer.algorithms.reinforce_pp import ReinforcePP
+from trainer.algorithms.rloo import RLOO
 
-ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "dapo", "gspo")
-
-
-def advantages_for(algorithm, rewards_P_G: torch.Tensor, valid_P_G: torch.Tensor) -> torch.Tensor:
-    """Per-completion advantages [P, G] for an algorithm sub-spec."""
-    kind = algorithm.type
-    if kind in ("grpo", "dr_grpo", "gspo"):
-        return grpo_advantages(rewards_P_G, valid_P_G, scale_std=algorithm.scale_std)
-    if kind == "dapo":
-        return grpo_advantages(rewards_P_G, valid_P_G, scale_std=True)
-    if kind == "rloo":
-        return rloo_advantages(rewards_P_G, valid_P_G)
-    if kind == "reinforce_pp":
-        return reinforce_pp_advantages(rewards_P_G, valid_P_G, baseline=algorithm.baseline)
-    raise ValueError(f"unknown algorithm {kind!r}; valid: {', '.join(ALGORITHMS)}")
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "grpo": GRPO,
+    "dr_grpo": DrGRPO,
+    "rloo": RLOO,
+    "reinforce_pp": ReinforcePP,
+    "dapo": DAPO,
+    "gspo": GSPO,
+    "ppo": PPO,
+}
 
 
-def policy_loss_for(algorithm, logprobs_B_T: torch.Tensor, old_B_T: torch.Tensor, advantages_B: torch.Tensor,
-                    mask_B_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token policy loss and clip indicator: GSPO's sequence ratio, else the token ratio."""
-    eps_low, eps_high = algorithm.clip_eps_low, algorithm.clip_eps_high
-    if algorithm.type == "gspo":
-        return gspo_policy_loss(logprobs_B_T, old_B_T, advantages_B, mask_B_T, eps_low, eps_high)
-    return clipped_policy_loss(logprobs_B_T, old_B_T, advantages_B, eps_low, eps_high)
+def build_algorithm(config, max_new_tokens: int) -> Algorithm:
+    """The algorithm object for a spec's `algorithm` section; `max_new_tokens` is the rollout's
+    token budget (Dr. GRPO's default loss normaliser)."""
+    if config.type not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {config.type!r}; valid: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[config.type](config, max_new_tokens)
 
 
-__all__ = ["ALGORITHMS", "advantages_for", "aggregate", "clipped_policy_loss", "grpo_advantages", "gspo_policy_loss",
-           "k3_kl", "masked_mean", "overlong_penalty", "policy_loss_for", "reinforce_pp_advantages",
-           "rloo_advantages", "tied_groups"]
+__all__ = ["ALGORITHMS", "Algorithm", "build_algorithm"]

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trainer.algorithms.base import Algorithm
+
 
 def token_rewards(outcome_B: torch.Tensor, mask_B_T: torch.Tensor, kl_B_T: torch.Tensor | None = None,
                   beta: float = 0.0) -> torch.Tensor:
@@ -83,3 +85,23 @@ class AdaptiveKL:
         error = max(-0.2, min(0.2, kl / self.target - 1))
         self.beta *= 1 + error * n_samples / self.horizon
         return self.beta
+
+
+class PPO(Algorithm):
+    """Advantages come from GAE over the critic's values (the driver's PPO step, which runs
+    `token_rewards`, `gae` and the critic's `clipped_value_loss`), not from the group."""
+
+    needs_critic = True
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.needs_reference and self.config.kl_mode == "loss"
+
+    @property
+    def kl_in_reward(self) -> bool:
+        """InstructGPT's per-token penalty `-beta * (logp - logp_ref)` in the reward."""
+        return self.needs_reference and self.config.kl_mode == "reward"
+
+    def kl_controller(self) -> AdaptiveKL | None:
+        c = self.config
+        return AdaptiveKL(c.kl_beta, c.kl_target, c.kl_horizon) if self.kl_in_reward and c.kl_target else None

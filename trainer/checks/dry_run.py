@@ -1,7 +1,8 @@
 """The dry run: what a job's rewards will look like, before anything expensive launches.
 
 It samples N training tasks, rolls each out `group_size` times with the base model in this
-process (no Ray, no learners), scores them with every reward module under its time limit, and
+process (no learners; on the cluster, as `python -m trainer.checks`), scores them with every
+reward module under its time limit, and
 reports the reward distribution per component, the modules that raised or timed out, and the
 share of groups whose rewards all tie (a group that ties gives GRPO no signal).
 """
@@ -13,11 +14,11 @@ import statistics
 import time
 from typing import Any
 
-from trainer.preflight import preflight
-from trainer.reward_worker import load_modules, score_samples
-from trainer.rollout.engine import SamplingParams
-from trainer.rollout.worker import RolloutWorker
+from trainer.actors.reward_worker import load_modules, score_samples
+from trainer.actors.rollout_worker import RolloutWorker
+from trainer.checks.preflight import preflight
 from trainer.spec import JobSpec
+from trainer.types import SamplingParams
 
 
 def distribution(values: list[float]) -> dict[str, float]:
@@ -28,8 +29,9 @@ def distribution(values: list[float]) -> dict[str, float]:
             "min": min(values), "p10": q[0], "p50": q[4], "p90": q[8], "max": max(values)}
 
 
-def dry_run(spec: JobSpec, tasks: int = 4, seed: int = 0) -> dict[str, Any]:
-    env = preflight(spec)
+def dry_run(spec: JobSpec, tasks: int = 4, seed: int = 0, env=None) -> dict[str, Any]:
+    """The report; `env` is the environment preflight built (preflight runs first without it)."""
+    env = preflight(spec) if env is None else env
     pool = list(env.tasks("train"))
     chosen = random.Random(seed).sample(pool, min(tasks, len(pool)))
     g = spec.algorithm.group_size

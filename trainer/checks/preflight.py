@@ -1,19 +1,31 @@
 """Checks a job before anything expensive starts: the model is there, the environment builds
-from its config and data, and every reward module resolves and accepts its config.
+from its config and data, the demonstrations parse, and every reward module imports and accepts
+its config. This runs team code and reads team data, so the control plane never calls it in its
+own process: it runs on the cluster (`python -m trainer.checks`), and in the trainer's driver.
 
 Each failure is a `SpecError` naming the field (`environment.config.train`, `rewards.1.config.pattern`,
-`model.path`), so the CLI and the REST API report it the same way as a schema error.
+`model.path`), so the CLI and the REST API report it the same way as a schema error. `progress`
+is told each field before its check starts, so a check that hangs can be named.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from environments import EnvironmentConfigError, UnknownEnvironmentError
 from environments import build as build_environment
 from rewards.base import RewardConfigError
 from rewards.registry import UnknownRewardError, load
+from trainer.driver.demonstrations import DemonstrationError, read_demonstrations
 from trainer.spec import JobSpec, SpecError
+
+Progress = Callable[[str, str], None]
+"""Called with (field, what) before each check: `("rewards.1.import_path", "importing 'x.py:fn'")`."""
+
+
+def _silent(field: str, what: str) -> None:
+    pass
 
 
 def _looks_local(path: str) -> bool:
@@ -31,9 +43,11 @@ def check_model(spec: JobSpec) -> None:
         raise SpecError([{"field": "model.path", "message": f"no such model folder: {path}"}])
 
 
-def preflight(spec: JobSpec):
+def preflight(spec: JobSpec, progress: Progress = _silent):
     """Run every check and return the built environment."""
+    progress("model.path", f"checking the model folder {spec.model.path}")
     check_model(spec)
+    progress("environment.config", f"building environment {spec.environment.name!r} from {spec.environment.config}")
     try:
         env = build_environment(spec.environment.name, spec.environment.config)
     except UnknownEnvironmentError as exc:
@@ -42,17 +56,18 @@ def preflight(spec: JobSpec):
         raise SpecError([{"field": f"environment.config.{exc.field}", "message": exc.message}]) from None
     errors = []
     if spec.warm_start is not None:
-        from trainer.sft import DemonstrationError, read_demonstrations
-
+        progress("warm_start.data", f"reading the demonstrations {spec.warm_start.data}")
         try:
             read_demonstrations(spec.warm_start.data)
         except DemonstrationError as exc:
             errors.append({"field": "warm_start.data", "message": str(exc)})
     for i, r in enumerate(spec.rewards):
+        source = f"rewards.{i}.{'name' if r.name else 'import_path'}"
+        progress(source, f"loading reward module {r.name or r.import_path!r}")
         try:
             load(r.name, r.import_path, r.config, r.weight, r.timeout_s, r.label)
         except UnknownRewardError as exc:
-            errors.append({"field": f"rewards.{i}.{'name' if r.name else 'import_path'}", "message": str(exc)})
+            errors.append({"field": source, "message": str(exc)})
         except RewardConfigError as exc:
             errors.append({"field": f"rewards.{i}.config{'.' + exc.field if exc.field else ''}",
                            "message": exc.message})

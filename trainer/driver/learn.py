@@ -1,7 +1,11 @@
-"""PPO's steps 4 and 5 (advantages, learn) for the loop: the critic's values, per-token rewards
-(the outcome on the last policy token, the KL penalty on every token when it is in the reward),
-GAE, then `ppo_epochs` passes of `mini_batches` optimizer steps each for the policy ranks and the
-critic ranks alike. The formulas are in `trainer.algorithms.ppo`."""
+"""Steps 4 and 5 from the driver: advantages, then the learner ranks' optimizer step.
+
+The outcome-reward family (`learn`): the algorithm's advantages per sample, then one step over
+the batch, sharded evenly over the ranks. PPO (`ppo_learn`): the critic's values, per-token
+rewards (the outcome on the last policy token, the KL penalty on every token when it is in the
+reward), GAE, then `ppo_epochs` passes of `mini_batches` optimizer steps each for the policy
+ranks and the critic ranks alike. The formulas are in `trainer.algorithms`.
+"""
 
 from __future__ import annotations
 
@@ -11,43 +15,64 @@ import ray
 import torch
 
 from rewards import ScoreResult
+from trainer.actors.cluster import JobActors
+from trainer.algorithms import Algorithm
 from trainer.algorithms.advantages import whiten
 from trainer.algorithms.ppo import AdaptiveKL, gae, token_rewards
-from trainer.cluster import JobActors
-from trainer.learner import LearnBatch, StepCounts
-from trainer.rollout.worker import Sample
 from trainer.spec import JobSpec
+from trainer.types import PolicyBatch, Sample, StepCounts, TokenBatch, ValueBatch
 
 
-def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
-    return torch.tensor([r + [0.0] * (width - len(r)) for r in rows])
+def loss_masks(samples: list[Sample], failed: list[bool], drop_truncated: bool) -> list[list[bool]]:
+    """Per-token loss masks: the policy's own tokens, none for a failed sample, and none for a
+    truncated one when `drop_truncated` (DAPO's overlong filtering)."""
+    return [[m and not out for m in s.completion.loss_mask()]
+            for s, out in zip(samples, [f or (drop_truncated and s.completion.truncated)
+                                        for s, f in zip(samples, failed, strict=True)], strict=True)]
 
 
-def _sharded(actors: list, method: str, batch: LearnBatch) -> list:
-    """Per-sample results of `method` over every rank's share of `batch`, in sample order."""
-    return [x for part in _split_call(actors, method, batch) for x in part]
+def compute_advantages(samples: list[Sample], scores: ScoreResult, algorithm: Algorithm, group_size: int,
+                       max_new_tokens: int) -> torch.Tensor:
+    """The algorithm's advantages [P, G] from the (shaped) rewards; failed samples count for nothing."""
+    rewards_P_G = torch.tensor(scores.total, dtype=torch.float32).view(-1, group_size)
+    lengths_P_G = torch.tensor([sum(s.completion.loss_mask()) for s in samples]).view(-1, group_size)
+    rewards_P_G = algorithm.shape_rewards(rewards_P_G, lengths_P_G, max_new_tokens)
+    valid_P_G = ~torch.tensor(scores.failed).view(-1, group_size)
+    return algorithm.advantages(rewards_P_G, valid_P_G)
 
 
-def _rows(batch: LearnBatch, rows) -> LearnBatch:
-    rows = list(rows)
-    return LearnBatch(*([field[i] for i in rows] for field in (batch.prompt_ids, batch.completion_ids,
-                                                               batch.old_logprobs, batch.advantages, batch.mask)))
+def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, advantages_P_G: torch.Tensor,
+          algorithm: Algorithm) -> dict[str, float]:
+    """One optimizer step over the batch, sharded evenly over the learner ranks. Failed samples
+    (and truncated ones, for an algorithm that filters them) are masked out of the loss."""
+    masks = loss_masks(samples, scores.failed, algorithm.filters_truncated)
+    batch = PolicyBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples], masks,
+                        old_logprobs_B_T=[s.completion.logprobs for s in samples],
+                        advantages_B=advantages_P_G.flatten().tolist())
+    counts = StepCounts(num_sequences=sum(any(m) for m in masks), num_tokens=sum(map(sum, masks)))
+    per_rank_stats = sharded_call(actors.learners, "train_step", batch, counts)
+    summed = {k: sum(s[k] for s in per_rank_stats) for k in per_rank_stats[0]}
+    tokens = max(summed["tokens"], 1.0)
+    return {"loss": summed["loss"], "clip_frac": summed["clipped_tokens"] / tokens,
+            "kl": summed["kl_sum"] / tokens, "entropy": summed["entropy_sum"] / tokens,
+            "grad_norm": per_rank_stats[0]["grad_norm"]}
 
 
-def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, masks: list[list[bool]],
-              spec: JobSpec, kl_control: AdaptiveKL | None, step: int) -> tuple[dict[str, float], torch.Tensor]:
+def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, algorithm: Algorithm,
+              kl_control: AdaptiveKL | None, spec: JobSpec, step: int) -> tuple[dict[str, float], torch.Tensor]:
     """One PPO update on this step's batch. Returns the statistics and each sample's mean token
     advantage as [P, G] (for the step's advantage metrics)."""
-    algo = spec.algorithm
-    batch = LearnBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
-                       [s.completion.logprobs for s in samples], [0.0] * len(samples), masks)
+    algo = algorithm.config
+    masks = loss_masks(samples, scores.failed, drop_truncated=False)
+    tokens = TokenBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples], masks)
+    old_logprobs = [s.completion.logprobs for s in samples]
     width = max(len(m) for m in masks)
     mask = _pad([[float(x) for x in m] for m in masks], width).bool()
-    values = _pad(_sharded(actors.critics, "values", batch), width)
+    values = _pad(_gather(sharded_call(actors.critics, "values", tokens)), width)
     kl, beta = None, 0.0
-    if algo.kl_beta > 0 and algo.kl_mode == "reward":
-        ref = _pad(_sharded(actors.learners, "reference_logprobs", batch), width)
-        kl = (_pad(batch.old_logprobs, width) - ref) * mask
+    if algorithm.kl_in_reward:
+        ref = _pad(_gather(sharded_call(actors.learners, "reference_logprobs", tokens)), width)
+        kl = (_pad(old_logprobs, width) - ref) * mask
         beta = kl_control.beta if kl_control else algo.kl_beta
     rewards = token_rewards(torch.tensor(scores.total, dtype=torch.float32), mask, kl, beta)
     advantages, returns = gae(rewards, values, mask, algo.gamma, algo.lam)
@@ -55,10 +80,11 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, mas
 
     lengths = [len(m) for m in masks]
     per_sample_adv = [advantages[i, :n].tolist() for i, n in enumerate(lengths)]
-    per_sample_ret = [returns[i, :n].tolist() for i, n in enumerate(lengths)]
-    policy = LearnBatch(batch.prompt_ids, batch.completion_ids, batch.old_logprobs, per_sample_adv, masks)
-    critic = LearnBatch(batch.prompt_ids, batch.completion_ids, [values[i, :n].tolist() for i, n in enumerate(lengths)],
-                        per_sample_adv, masks)
+    policy = PolicyBatch(tokens.prompt_ids_B, tokens.completion_ids_B_T, masks, old_logprobs_B_T=old_logprobs,
+                         advantages_B_T=per_sample_adv)
+    critic = ValueBatch(tokens.prompt_ids_B, tokens.completion_ids_B_T, masks,
+                        old_values_B_T=[values[i, :n].tolist() for i, n in enumerate(lengths)],
+                        returns_B_T=[returns[i, :n].tolist() for i, n in enumerate(lengths)])
     stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "entropy": [], "kl": [], "value_loss": [],
                                      "value_clip_frac": []}
     generator = torch.Generator().manual_seed(spec.schedule.seed * 7_919 + step)
@@ -68,14 +94,13 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, mas
         for m in range(algo.mini_batches):
             rows = order[m * n_mb:(m + 1) * n_mb]
             counts = StepCounts(sum(any(masks[i]) for i in rows), sum(sum(masks[i]) for i in rows))
-            pol = _split_call(actors.learners, "train_step", _rows(policy, rows), counts)
-            val = _split_call(actors.critics, "train_step", _rows(critic, rows),
-                              [per_sample_ret[i] for i in rows], counts)
-            tokens = max(sum(s["tokens"] for s in pol), 1.0)
+            pol = sharded_call(actors.learners, "train_step", policy.rows(rows), counts)
+            val = sharded_call(actors.critics, "train_step", critic.rows(rows), counts)
+            n_tokens = max(sum(s["tokens"] for s in pol), 1.0)
             stats["loss"].append(sum(s["loss"] for s in pol))
-            stats["clip_frac"].append(sum(s["clipped_tokens"] for s in pol) / tokens)
-            stats["entropy"].append(sum(s["entropy_sum"] for s in pol) / tokens)
-            stats["kl"].append(sum(s["kl_sum"] for s in pol) / tokens)
+            stats["clip_frac"].append(sum(s["clipped_tokens"] for s in pol) / n_tokens)
+            stats["entropy"].append(sum(s["entropy_sum"] for s in pol) / n_tokens)
+            stats["kl"].append(sum(s["kl_sum"] for s in pol) / n_tokens)
             stats["value_loss"].append(sum(s["value_loss"] for s in val))
             stats["value_clip_frac"].append(sum(s["value_clipped"] for s in val) / max(sum(s["tokens"] for s in val), 1))
     out = {k: statistics.fmean(v) for k, v in stats.items()}
@@ -90,13 +115,17 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, mas
     return out, mean_adv.view(-1, algo.group_size)
 
 
-def _split_call(actors: list, method: str, batch: LearnBatch, *args) -> list[dict]:
-    """Every rank's share of `batch` (and of list arguments), one call each; per-rank results."""
-    n, k = len(batch.prompt_ids), len(actors)
-    per = n // k
-    refs = []
-    for i, a in enumerate(actors):
-        rows = range(i * per, (i + 1) * per)
-        shard_args = [[arg[j] for j in rows] if isinstance(arg, list) else arg for arg in args]
-        refs.append(getattr(a, method).remote(_rows(batch, rows), *shard_args))
-    return ray.get(refs)
+def sharded_call(actors: list, method: str, batch: TokenBatch, *args) -> list:
+    """Every rank's equal, contiguous share of `batch`, one call each; the per-rank results."""
+    per = len(batch) // len(actors)
+    return ray.get([getattr(a, method).remote(batch.rows(list(range(i * per, (i + 1) * per))), *args)
+                    for i, a in enumerate(actors)])
+
+
+def _gather(per_rank: list[list]) -> list:
+    """Per-sample results of every rank, in sample order."""
+    return [x for part in per_rank for x in part]
+
+
+def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
+    return torch.tensor([r + [0.0] * (width - len(r)) for r in rows])

@@ -53,22 +53,3 @@ def progress_line(step: int, steps: int, m: dict[str, float]) -> str:
         failures += f" | eval reward {m['eval/reward_mean']:.3f}"
     return (f"step {step}/{steps} | reward {m['reward/mean']:.3f} | kl {m['kl']:.4f} | "
             f"{m['perf/tokens_per_s']:.0f} tok/s | {m['time/step']:.2f} s ({times}){failures}")
-
-
-def result_table(result: dict):
-    """The held-out evaluation by phase ({phase: {step, metrics}}) as a rich table, with the change."""
-    from rich.table import Table
-
-    phases = [p for p in ("before", "after") if p in result]
-    table = Table("held-out evaluation", *(f"{p} (step {result[p]['step']})" for p in phases),
-                  *(["change"] if len(phases) == 2 else []))
-    names = [k for k in result[phases[0]]["metrics"] if k.startswith("eval/")]
-    for name in names:
-        values = [result[p]["metrics"].get(name) for p in phases]
-        rate = name.endswith("_rate")
-        cells = [("" if v is None else f"{v:.1%}" if rate else f"{v:.3g}") for v in values]
-        if len(values) == 2 and None not in values:
-            diff = values[1] - values[0]
-            cells.append(f"{diff * 100:+.1f} pts" if rate else f"{diff:+.3g}")
-        table.add_row(name.removeprefix("eval/"), *cells)
-    return table

@@ -1,4 +1,4 @@
-"""The warm start: supervised training on demonstration conversations before RL.
+"""The warm start from the driver: supervised steps on demonstration conversations before RL.
 
 A conversation is laid out token for token the way a multi-turn rollout lays it out (the prompt,
 then each assistant turn followed by the template tokens of the replies), with the loss mask on
@@ -7,46 +7,45 @@ the assistant's own tokens, so the model learns exactly the sequences it will la
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from trainer.learner import LearnBatch
-from trainer.rollout.episodes import reply_ids
-from trainer.rollout.worker import format_prompt
+import ray
+import torch
 
-ROLES = ("system", "user", "assistant", "tool")
+from trainer.actors.cluster import JobActors
+from trainer.chat import format_prompt, reply_ids
+from trainer.driver.demonstrations import read_demonstrations
+from trainer.driver.rollout import split
+from trainer.spec import JobSpec
+from trainer.types import StepCounts, TokenBatch
 
 
-class DemonstrationError(ValueError):
-    """A demonstrations file that cannot be used; the message names the line and the problem."""
+def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, float]:
+    """`warm_start.epochs` passes over the demonstrations, in batches of the RL step's size
+    split over the learner ranks."""
+    from transformers import AutoTokenizer
 
-
-def read_demonstrations(path: str | Path) -> list[list[dict[str, str]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise DemonstrationError(f"no such file: {path}")
-    chats = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DemonstrationError(f"{where}: not JSON ({exc.msg})") from None
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise DemonstrationError(f"{where}: expected an object with a non-empty `messages` list")
-        for i, m in enumerate(messages):
-            if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-                raise DemonstrationError(f"{where}: messages.{i} must be {{role: {'|'.join(ROLES)}, content: str}}")
-        if messages[0]["role"] == "assistant" or not any(m["role"] == "assistant" for m in messages):
-            raise DemonstrationError(f"{where}: expected context messages, then at least one assistant message")
-        chats.append(messages)
-    if not chats:
-        raise DemonstrationError(f"{path} holds no conversations")
-    return chats
+    ws = spec.warm_start
+    tok = AutoTokenizer.from_pretrained(spec.model.path)
+    chats = read_demonstrations(ws.data)
+    batch = spec.rollout.prompts_per_step * spec.algorithm.group_size // spec.mini_batches
+    steps = max(1, round(ws.epochs * len(chats) / batch))
+    order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(spec.schedule.seed)).tolist()
+    reporter.send("warm_start", f"supervised warm start: {steps} steps over {len(chats)} conversations")
+    t0, losses = time.perf_counter(), []
+    for k in range(steps):
+        rows = [encode(tok, chats[order[(k * batch + j) % len(chats)]]) for j in range(batch)]
+        counts = StepCounts(num_sequences=batch, num_tokens=sum(sum(r.mask) for r in rows))
+        refs = [learner.sft_step.remote(token_batch(shard), counts, ws.lr)
+                for learner, shard in zip(actors.learners, split(rows, len(actors.learners)), strict=True)]
+        losses.append(sum(s["loss"] for s in ray.get(refs)))
+        if (k + 1) % max(1, steps // 10) == 0 or k + 1 == steps:
+            echo(f"warm start {k + 1}/{steps}: loss {losses[-1]:.3f}")
+    seconds = time.perf_counter() - t0
+    reporter.send("warm_start", f"warm start done in {seconds:.0f} s, final loss {losses[-1]:.3f}",
+                  {"steps": steps, "loss": losses[-1], "seconds": seconds})
+    return {"warm_start/loss": losses[-1], "warm_start/steps": steps, "warm_start/seconds": seconds}
 
 
 @dataclass
@@ -80,7 +79,5 @@ def encode(tokenizer, messages: list[dict[str, str]]) -> Encoded:
     return out
 
 
-def learn_batch(rows: list[Encoded]) -> LearnBatch:
-    """The learner's batch type; supervised steps use neither old logprobs nor advantages."""
-    return LearnBatch([r.prompt_ids for r in rows], [r.token_ids for r in rows],
-                      [[0.0] * len(r.token_ids) for r in rows], [0.0] * len(rows), [r.mask for r in rows])
+def token_batch(rows: list[Encoded]) -> TokenBatch:
+    return TokenBatch([r.prompt_ids for r in rows], [r.token_ids for r in rows], [r.mask for r in rows])

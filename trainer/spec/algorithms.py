@@ -1,6 +1,6 @@
 """The `algorithm` section of the job spec: one sub-model per algorithm, a discriminated union on
-`type`. Pure pydantic, like `trainer.spec` (the control plane imports it without torch); the
-formulas live in `trainer.algorithms`."""
+`type`. Pure pydantic (the control plane imports it); each variant's behaviour is the object of
+the same name in `trainer.algorithms`, which also says how to add one."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ class _PolicyGradient(StrictModel):
     kl_beta: float = Field(default=0.0, ge=0)
     """Weight of the k3 KL penalty against the frozen reference (the base model). 0 turns it off
     and no reference model is loaded."""
+
+    @property
+    def mini_batch_count(self) -> int:
+        """Optimizer steps per rollout batch and epoch."""
+        return 1
+
+    def critic_world_size(self, learner_ranks: int) -> int:
+        """DeepSpeed ranks of a value model; 0 for the critic-free algorithms."""
+        return 0
 
 
 class GRPOSpec(_PolicyGradient):
@@ -168,6 +177,13 @@ class PPOSpec(_PolicyGradient):
 
     kl_horizon: int = Field(default=10000, ge=1)
     """Samples over which the adaptive coefficient moves by at most 20 %."""
+
+    @property
+    def mini_batch_count(self) -> int:
+        return self.mini_batches
+
+    def critic_world_size(self, learner_ranks: int) -> int:
+        return self.critic_ranks or learner_ranks
 
 
 ALGORITHM_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec, PPOSpec)

@@ -1,26 +1,18 @@
 """The job spec: one pydantic schema shared by `python -m trainer.run`, run files in `configs/`
-and the REST API.
+and the REST API (docs/architecture.md, "The spec").
 
-Pure pydantic on purpose: the control plane imports this module, and it must start without torch.
 Every field has a docstring, every variant is a discriminated union on `type`, and cross-field
-rules live in validators so that a bad spec is refused once, up front, with the field named:
-
-    spec = load_spec("configs/demo.toml")          # SpecError lists every bad field
-    spec = JobSpec.model_validate(payload)          # pydantic.ValidationError
+rules live in validators so that a bad spec is refused once, up front, with the field named.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from trainer.spec_algorithms import ALGORITHM_TAGS, AlgorithmSpec, GRPOSpec, StrictModel
+from trainer.spec.algorithms import AlgorithmSpec, GRPOSpec, StrictModel
 
 
 class ModelSpec(StrictModel):
@@ -194,8 +186,8 @@ class JobSpec(StrictModel):
     def _batch_divides(self) -> JobSpec:
         samples = self.rollout.prompts_per_step * self.algorithm.group_size
         ranks = {"learner.ranks": self.learner.ranks}
-        if self.algorithm.type == "ppo":
-            ranks["algorithm.critic_ranks"] = self.algorithm.critic_ranks or self.learner.ranks
+        if self.algorithm.critic_world_size(self.learner.ranks):
+            ranks["algorithm.critic_ranks"] = self.algorithm.critic_world_size(self.learner.ranks)
         for field, n in ranks.items():
             if samples % n:
                 raise ValueError(f"{field}: {samples} samples per step (prompts_per_step × group_size) "
@@ -212,69 +204,8 @@ class JobSpec(StrictModel):
     @property
     def mini_batches(self) -> int:
         """Optimizer steps per rollout batch and epoch (PPO's mini-batches; 1 otherwise)."""
-        return getattr(self.algorithm, "mini_batches", 1)
+        return self.algorithm.mini_batch_count
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
-
-
-class SpecError(ValueError):
-    """A spec that failed validation; `errors` holds one `{field, message}` per problem."""
-
-    def __init__(self, errors: list[dict[str, str]], source: str = "spec"):
-        self.errors = errors
-        lines = "\n".join(f"  {e['field'] or '(spec)'}: {e['message']}" for e in errors)
-        super().__init__(f"invalid {source}:\n{lines}")
-
-
-def describe_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Flatten a pydantic error into `{field, message}` rows with dotted field paths.
-
-    Discriminated-union tags (`grpo`) are dropped from the path, so a user reads
-    `algorithm.group_size`, the key they wrote.
-    """
-    rows = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if p not in ALGORITHM_TAGS]
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field (not part of this section's schema)"
-        field = ".".join(loc)
-        # Cross-field validators name the field they blame as a `path: ` prefix of the message.
-        prefix, sep, rest = message.partition(": ")
-        if sep and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)*", prefix):
-            field, message = ".".join(filter(None, [field, prefix])), rest
-        rows.append({"field": field, "message": message})
-    return rows
-
-
-def parse_spec(data: dict[str, Any], source: str = "spec") -> JobSpec:
-    """Validate a mapping into a JobSpec, raising SpecError with every bad field named."""
-    try:
-        return JobSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(describe_errors(exc), source) from None
-
-
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Read a TOML, YAML or JSON run file; `overrides` are dotted keys (`schedule.steps`)."""
-    path = Path(path)
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        data = tomllib.loads(text)
-    elif suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or {}
-    elif suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise SpecError([{"field": "", "message": f"unknown run-file type {suffix!r}; "
-                          "expected .toml, .yaml, .yml or .json"}], str(path))
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return parse_spec(data, str(path))

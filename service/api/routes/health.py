@@ -13,8 +13,8 @@ from prometheus_client import (
 )
 from sqlalchemy import func, select, text
 
-from service.states import JobState
-from service.store import Job
+from service.core.states import JobState
+from service.core.store import Job
 
 router = APIRouter(tags=["ops"])
 

@@ -4,41 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from service import jobs as logic
-from service.api.deps import JobDep, SessionDep, TeamDep
-from service.errors import ApiError
-from service.states import JobState
-from service.store import Job, JobCheckpoint, JobEvent, JobMetric
+from service.api.deps import ChecksDep, JobDep, SessionDep, TeamDep
+from service.api.schemas import JobOut, JobPage
+from service.core.states import JobState
+from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric
+from service.jobs import logic
+from trainer.spec import parse_spec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-class JobOut(BaseModel):
-    id: str
-    name: str
-    state: str
-    priority: int
-    queue_position: int | None
-    step: int
-    steps: int
-    progress: float
-    latest_metrics: dict[str, Any] | None
-    result: dict[str, Any] | None
-    """Evaluations by phase (`before`, `after`): {step, metrics}."""
-    wandb: str | None
-    run_dir: str | None
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOut:
@@ -55,40 +35,33 @@ SpecBody = Annotated[dict[str, Any], Body(description="a job spec (trainer/spec.
 
 
 @router.post("", status_code=201, response_model=JobOut)
-def create(request: Request, response: Response, session: SessionDep, team: TeamDep, spec: SpecBody,
-           priority: int = 0, idempotency_key: Annotated[str | None, Header()] = None) -> JobOut:
-    valid = logic.validate_spec(spec)
-    job, created = logic.create_job(session, team, valid, str(request.app.state.settings.runs_dir),
-                                    priority, idempotency_key)
+async def create(request: Request, response: Response, session: SessionDep, team: TeamDep, checks: ChecksDep,
+                 spec: SpecBody, priority: int = 0,
+                 idempotency_key: Annotated[str | None, Header()] = None) -> JobOut:
+    """Validate the spec (its schema here, its code and data on the cluster), persist it, queue it."""
+    valid = parse_spec(spec)
+    await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json")},
+                     request.app.state.settings.check_timeout_s)
+    job, created = await run_in_threadpool(logic.create_job, session, team, valid,
+                                           str(request.app.state.settings.runs_dir), priority, idempotency_key)
     if not created:
         response.status_code = 200
-    return job_out(session, job)
+    return await run_in_threadpool(job_out, session, job)
 
 
 @router.post(":validate")
-def validate(team: TeamDep, spec: SpecBody,
-             dry_run: Annotated[int, Query(ge=0, le=64, description="tasks to roll out and score; 0: checks only")] = 0,
-             ) -> dict[str, Any]:
+async def validate(request: Request, team: TeamDep, checks: ChecksDep, spec: SpecBody,
+                   dry_run: Annotated[int, Query(ge=0, le=64, description="tasks to roll out and score; "
+                                                 "0: checks only")] = 0) -> dict[str, Any]:
     """Check a spec without launching anything. With `dry_run=N`, also roll N sampled tasks out
     with the base model (group_size each), score them with every reward module, and report the
-    reward distribution per component, failures and timeouts, and the share of tied groups."""
-    valid = logic.validate_spec(spec)
-    out: dict[str, Any] = {"valid": True, "spec": valid.model_dump(mode="json")}
-    if dry_run:
-        from trainer.dry_run import dry_run as run
-
-        try:
-            out["dry_run"] = run(valid, dry_run)
-        except Exception as exc:  # noqa: BLE001 - the model or environment failed at run time: say so
-            raise ApiError(422, "dry_run_failed", f"the dry run failed: {type(exc).__name__}: {exc}") from None
-    return out
-
-
-class JobPage(BaseModel):
-    jobs: list[JobOut]
-    total: int
-    offset: int
-    limit: int
+    reward distribution per component, failures and timeouts, and the share of tied groups.
+    Everything but the schema runs on the cluster."""
+    valid = parse_spec(spec)
+    settings = request.app.state.settings
+    result = await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "dry_run": dry_run},
+                              settings.dry_run_timeout_s if dry_run else settings.check_timeout_s)
+    return {"valid": True, "spec": valid.model_dump(mode="json"), **result}
 
 
 @router.get("", response_model=JobPage)

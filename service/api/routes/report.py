@@ -6,21 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from service import jobs as logic
 from service.api.deps import ReportingJobDep, SessionDep
-from service.store import JobEvent
+from service.api.schemas import Report
+from service.core.store import JobEvent
+from service.jobs import logic
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/report", tags=["reporting"])
-
-
-class Report(BaseModel):
-    seq: int = Field(ge=1)
-    kind: str = Field(pattern="^(started|warm_start|step|evaluation|checkpoint|finished|failed|log)$")
-    message: str = ""
-    data: dict[str, Any] | None = None
 
 
 @router.post("")

@@ -1,0 +1,77 @@
+"""Checks that need a team's code or data, run on the cluster — never in the API process.
+
+Importing a reward module, reading a dataset or demonstrations, loading a model, the dry run and
+scoring with a reward module all run as a short Ray job, `python -m trainer.checks FOLDER`, with
+a time limit and with the cluster's environment (no `FLYWHEEL_*` settings: no database URL, no
+keys). The request goes down as `FOLDER/request.json`; the job writes what it is working on to
+`FOLDER/progress.json` before each step and its answer to `FOLDER/result.json`. The API awaits
+it without blocking its other requests: it polls the job's status from a worker thread and
+sleeps on the event loop in between. See docs/architecture.md, "Team code".
+
+Past the time limit the job is stopped and the request fails with `check_timeout`, naming the
+field and the module or file the check was on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from service.core.errors import ApiError
+from service.core.store import new_id
+from trainer.spec import SpecError
+
+POLL_S = 0.1
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "MISSING"}
+
+
+class ClusterChecks:
+    def __init__(self, launcher, work_dir: Path, max_concurrent: int = 2):
+        self.launcher, self.work_dir = launcher, Path(work_dir)
+        # Each check is a Python process on the cluster: bound how many one service starts at once.
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    async def run(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """The check's answer. Raises SpecError (bad fields) or ApiError (anything else)."""
+        async with self._slots:
+            folder = (self.work_dir / new_id("check")).resolve()
+            folder.mkdir(parents=True)
+            try:
+                (folder / "request.json").write_text(json.dumps(request))
+                result = await self._await(folder, timeout_s)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        if "spec_errors" in result:
+            raise SpecError(result["spec_errors"])
+        if "error" in result:
+            e = result["error"]
+            raise ApiError(e["status"], e["code"], e["message"], e.get("field"))
+        return result
+
+    async def _await(self, folder: Path, timeout_s: float) -> dict[str, Any]:
+        ray_id = await asyncio.to_thread(self.launcher.submit_check, folder)
+        deadline = time.monotonic() + timeout_s
+        while (status := await asyncio.to_thread(self.launcher.status, ray_id)).state not in TERMINAL:
+            if time.monotonic() > deadline:
+                await asyncio.to_thread(self.launcher.stop, ray_id)
+                raise self._timed_out(folder, timeout_s)
+            await asyncio.sleep(POLL_S)
+        result_file = folder / "result.json"
+        if not result_file.exists():
+            logs = await asyncio.to_thread(self.launcher.logs_tail, ray_id)
+            raise ApiError(502, "check_failed", f"the checks ended ({status.state.lower()}) without an answer: "
+                           f"{status.message}\n{logs}".strip())
+        return json.loads(result_file.read_text())
+
+    @staticmethod
+    def _timed_out(folder: Path, timeout_s: float) -> ApiError:
+        try:
+            on = json.loads((folder / "progress.json").read_text())
+        except (OSError, ValueError):
+            on = {"field": None, "what": "starting"}
+        return ApiError(422, "check_timeout", f"{on['field'] or 'the checks'}: {on['what']} did not finish within "
+                        f"the checks' time limit of {timeout_s:g} s", on["field"])

@@ -1,0 +1,106 @@
+"""The data that crosses actors: what a rollout worker returns, and what the learner and the
+critic ranks are sent. Plain dataclasses, no torch, so every process can hold them.
+
+Shape suffixes name the axes of batched fields, as in `trainer.algorithms`: `B` rows (samples),
+`T` completion tokens (ragged: each row has its own length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from environments.base import Message, Task
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Completion:
+    """One sampled completion. `token_ids` include the closing EOS when the model emitted one."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    """The log-probability of each token under the distribution it was sampled from (after
+    temperature and top-p); 0 on tokens the environment wrote."""
+    text: str
+    truncated: bool
+    mask: list[bool] | None = None
+    """Which tokens the policy sampled (the loss mask); None means all. Multi-turn episodes set
+    it False on the tokens the environment wrote."""
+
+    def loss_mask(self) -> list[bool]:
+        return self.mask if self.mask is not None else [True] * len(self.token_ids)
+
+
+@dataclass
+class Sample:
+    """One completion of a group, with everything the reward and the learner need."""
+
+    task: Task
+    group: int
+    prompt_ids: list[int]
+    completion: Completion
+    weights_version: int
+    outcome: dict[str, Any] = field(default_factory=dict)
+    """What the environment recorded when the episode ended (multi-turn only)."""
+    messages: list[Message] | None = None
+    """Multi-turn only: the conversation after the prompt (assistant turns and replies)."""
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Batch-wide counts every rank normalises its share of the loss by."""
+
+    num_sequences: int
+    num_tokens: int
+
+
+@dataclass
+class TokenBatch:
+    """Prompts and completions as token ids, and which completion tokens count in the loss.
+    On its own it is a supervised batch (the warm start); the subclasses add what RL needs."""
+
+    prompt_ids_B: list[list[int]]
+    """Each row's prompt token ids."""
+    completion_ids_B_T: list[list[int]]
+    mask_B_T: list[list[bool]]
+    """False on tokens the environment wrote and on every token of a sample left out (failed
+    reward, or truncated under DAPO's filter)."""
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids_B)
+
+    def rows(self, rows: list[int]) -> TokenBatch:
+        """The batch restricted to `rows`, in that order (every per-row field follows)."""
+        return type(self)(**{name: [values[i] for i in rows] if values is not None else None
+                             for name, values in vars(self).items()})
+
+
+@dataclass
+class PolicyBatch(TokenBatch):
+    """A policy-gradient step's share for one learner rank."""
+
+    old_logprobs_B_T: list[list[float]] = field(default_factory=list)
+    """The rollout engine's logprob of every completion token: the ratio's denominator."""
+    advantages_B: list[float] | None = None
+    """One advantage per sample (GRPO and the outcome-reward family) ..."""
+    advantages_B_T: list[list[float]] | None = None
+    """... or one per completion token (PPO's GAE). Exactly one of the two is set."""
+
+    def __post_init__(self) -> None:
+        if (self.advantages_B is None) == (self.advantages_B_T is None):
+            raise ValueError("a PolicyBatch carries advantages_B or advantages_B_T, exactly one")
+
+
+@dataclass
+class ValueBatch(TokenBatch):
+    """PPO's critic step: the values at rollout time (the clip's anchor) and the GAE returns."""
+
+    old_values_B_T: list[list[float]] = field(default_factory=list)
+    returns_B_T: list[list[float]] = field(default_factory=list)
