@@ -51,8 +51,9 @@ bench-service: install   ## 50 concurrent clients against the API on SQLite and 
 serve: install           ## the API on 127.0.0.1:8000 with its own local Ray head
 	$(BIN)/flywheel serve
 
-lint: install
+lint: install            ## ruff, and the import contracts of docs/architecture.md (pyproject.toml)
 	$(BIN)/python -m ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

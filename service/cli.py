@@ -18,7 +18,9 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -151,14 +153,30 @@ def validate(spec: Path, dry_run: Annotated[int, typer.Option(
         print_dry_run(out["dry_run"])
 
 
+def names_table(name: str, *headers: str) -> Table:
+    """A compact table: a column of names, then right-aligned values."""
+    table = Table(name, box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in headers:
+        table.add_column(header, justify="right")
+    return table
+
+
+def show(table: Table) -> None:
+    """Print a table at its natural width, even piped or on an 80-column terminal: a wide table
+    wraps in the terminal rather than having its names and numbers cut to `form…`."""
+    width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    Console(width=max(console.width, width), file=console.file).print(table)
+
+
 def print_dry_run(r: dict) -> None:
     console.print(f"dry run: {r['tasks']} tasks × {r['group_size']} = {r['samples']} samples in {r['rollout_s']:.1f} s, "
                   f"{r['response_tokens_mean']:.1f} tokens each")
-    table = Table("reward", "count", "none", "mean", "std", "min", "p10", "p50", "p90", "max")
-    for name, d in [("total", {**r["reward"], "none": r["failed_samples"]}), *r["components"].items()]:
+    rows = [("total", {**r["reward"], "none": r["failed_samples"]}), *r["components"].items()]
+    table = names_table("reward", "count", "none", "mean", "std", "min", "p10", "p50", "p90", "max")
+    for name, d in rows:
         stats = [f"{d[k]:.3g}" if k in d else "" for k in ("mean", "std", "min", "p10", "p50", "p90", "max")]
         table.add_row(name, str(d["count"]), str(d.get("none", "")), *stats)
-    console.print(table)
+    show(table)
     g = r["groups"]
     console.print(f"groups with all-equal rewards: {g['all_equal']}/{g['count']} ({g['all_equal_share']:.0%})")
     if "outcomes" in r:
@@ -171,12 +189,12 @@ def print_dry_run(r: dict) -> None:
 def list_jobs(state: str | None = None, limit: int = 20) -> None:
     with _client() as c:
         page = _check(c.get("/v1/jobs", params={k: v for k, v in {"state": state, "limit": limit}.items() if v}))
-    table = Table("id", "name", "state", "step", "reward", "created")
+    table = Table("id", "name", "state", "step", "reward", "created", box=box.SIMPLE_HEAD, pad_edge=False)
     for j in page["jobs"]:
         reward = (j["latest_metrics"] or {}).get("reward/mean")
         table.add_row(j["id"], j["name"], j["state"], f"{j['step']}/{j['steps']}",
                       f"{reward:.3f}" if reward is not None else "", j["created_at"][:19])
-    console.print(table)
+    show(table)
 
 
 @app.command()
@@ -193,7 +211,7 @@ def result(job_id: str) -> None:
     if not job.get("result"):
         console.print(f"{job_id} has no evaluation yet (state {job['state']})")
         raise typer.Exit(1)
-    console.print(result_table(job["result"]))
+    show(result_table(job["result"]))
 
 
 @app.command()
@@ -221,7 +239,7 @@ def follow(job_id: str, interval: float = 1.0) -> None:
             time.sleep(interval)
     console.print(f"{job_id} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
     if job.get("result"):
-        console.print(result_table(job["result"]))
+        show(result_table(job["result"]))
     if job["state"] != "succeeded":
         raise typer.Exit(1)
 

@@ -1,9 +1,11 @@
 """A real service on a real store (SQLite file, or Postgres with FLYWHEEL_TEST_DATABASE_URL),
-driven over HTTP with FastAPI's TestClient; launching is off, so jobs stay queued."""
+driven over HTTP with FastAPI's TestClient; launching is off, so jobs stay queued, but a spec's
+checks run for real on a Ray head shared by the service tests."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +18,32 @@ from service.main import create_app
 
 PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")
 STORES = ["sqlite"] + (["postgres"] if PG_URL else [])
+CANARY_DATABASE_URL = "postgresql://canary:must-not-leak@127.0.0.1:1/secret"
+"""In the environment of the process that starts the shared Ray head, as the database URL is in
+`flywheel serve`'s: nothing on the cluster may see it."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A Ray head on loopback, started as the service starts its own. `ray stop` ends every Ray
+    process on the machine, so the service tests run after the integration tests (in-process Ray)."""
+    import ray
+
+    from service.jobs.launcher import LocalRayHead
+
+    ray.shutdown()  # the integration tests' in-process Ray
+    head = LocalRayHead(free_port())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLYWHEEL_DATABASE_URL", CANARY_DATABASE_URL)
+        head.start()
+    yield head.address
+    head.stop()
 
 
 def _fresh_postgres() -> str:
@@ -32,8 +60,9 @@ def database_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def app(database_url, tmp_path):
-    return create_app(Settings(database_url=database_url, launch=False, runs_dir=tmp_path / "runs"))
+def app(database_url, tmp_path, ray_head):
+    return create_app(Settings(database_url=database_url, launch=False, runs_dir=tmp_path / "runs",
+                               ray_address=ray_head))
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def json_field(r) -> str:
 
 
 @pytest.mark.slow
-def test_cli_validate_dry_run_prints_the_report(tiny_model, tmp_path):
+def test_cli_validate_dry_run_prints_the_report(tiny_model, tmp_path, ray_head):
     """The CLI against a real server process."""
     import json as _json
     import socket
@@ -92,7 +92,7 @@ def test_cli_validate_dry_run_prints_the_report(tiny_model, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "FLYWHEEL_DATABASE_URL": url, "FLYWHEEL_LAUNCH": "false",
+    env = {**os.environ, "FLYWHEEL_DATABASE_URL": url, "FLYWHEEL_LAUNCH": "false", "FLYWHEEL_RAY_ADDRESS": ray_head,
            "FLYWHEEL_URL": f"http://127.0.0.1:{port}", "FLYWHEEL_API_KEY": key}
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env, cwd=ROOT)
     try:

@@ -1,13 +1,12 @@
 """The real thing: the service over HTTP, a Ray head, jobs launched through the Ray Jobs API,
 the trainer reporting back, and the CLI following a job to its end, cancellation, and team quotas.
 
-The Ray head is started here, as an existing cluster would be. `ray stop` ends every Ray process
-on the machine, so this module runs after the integration tests, which use an in-process Ray."""
+The Ray head is the service tests' shared one (tests/service/conftest.py), as an existing cluster
+would be."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,28 +17,9 @@ import pytest
 import uvicorn
 
 from tests.conftest import DIGITS, ROOT
-from tests.service.conftest import Teams, auth
+from tests.service.conftest import Teams, auth, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    import ray
-
-    from service.jobs.launcher import LocalRayHead
-
-    ray.shutdown()  # the integration tests' in-process Ray
-    head = LocalRayHead(free_port())
-    head.start()
-    yield head.address
-    head.stop()
 
 
 class Service:

@@ -31,7 +31,7 @@ def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOu
                   started_at=job.started_at, finished_at=job.finished_at)
 
 
-SpecBody = Annotated[dict[str, Any], Body(description="a job spec (trainer/spec.py)")]
+SpecBody = Annotated[dict[str, Any], Body(description="a job spec (trainer/spec/job.py)")]
 
 
 @router.post("", status_code=201, response_model=JobOut)

@@ -1,0 +1,130 @@
+"""Team code never runs in the control plane: a spec's reward modules are imported, its data read
+and its dry run rolled out on the cluster, in a process without the service's settings; a module
+that hangs on import costs the request its time limit, not the API its responsiveness."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import DIGITS, ROOT
+from tests.service.conftest import CANARY_DATABASE_URL, Teams, auth, free_port
+
+pytestmark = pytest.mark.slow
+
+RECORDING_REWARD = '''
+import json, os, pathlib
+with (pathlib.Path(__file__).parent / "imports.jsonl").open("a") as f:
+    f.write(json.dumps({"pid": os.getpid(), "database_url": os.environ.get("FLYWHEEL_DATABASE_URL"),
+                        "flywheel_settings": sorted(k for k in os.environ if k.startswith("FLYWHEEL_"))}) + "\\n")
+
+def score(prompts, completions, **columns):
+    return [float(len(c)) for c in completions]
+'''
+
+SLEEPING_REWARD = '''
+import time
+time.sleep(120)
+
+def score(prompts, completions, **columns):
+    return [0.0 for _ in completions]
+'''
+
+
+class Server:
+    """`flywheel serve` in its own process, on the shared Ray head, recording its modules on exit."""
+
+    def __init__(self, tmp_path, ray_head, **settings):
+        self.port, self.record = free_port(), tmp_path / "server-modules.json"
+        self.database_url = f"sqlite:///{tmp_path / 'fw.db'}"
+        self.key = Teams(self.database_url).key("alice")[0]
+        env = {**os.environ, "FLYWHEEL_DATABASE_URL": self.database_url, "FLYWHEEL_LAUNCH": "false",
+               "FLYWHEEL_RAY_ADDRESS": ray_head, "FLYWHEEL_RUNS_DIR": str(tmp_path / "runs"),
+               "RECORD_MODULES": str(self.record), **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.proc = subprocess.Popen([sys.executable, "tests/service/serve_recording_modules.py", str(self.port)],
+                                     env=env, cwd=ROOT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, "the service exited"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not become ready"
+            time.sleep(0.2)
+        self.client = httpx.Client(base_url=self.url, headers=auth(self.key), timeout=300)
+
+    def stop(self) -> dict:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(60)
+        return json.loads(self.record.read_text())
+
+
+def job(model, reward_file, **extra) -> dict:
+    return {"name": "team-code", "model": {"path": str(model)},
+            "environment": {"name": "dataset", "config": {"train": str(DIGITS)}},
+            "rewards": [{"import_path": f"{reward_file}:score"}], "algorithm": {"group_size": 2},
+            "rollout": {"max_new_tokens": 4}, **extra}
+
+
+def test_reward_modules_load_on_the_cluster_without_the_services_settings(tiny_model, tmp_path, ray_head):
+    reward = tmp_path / "team_reward_recorder.py"
+    reward.write_text(RECORDING_REWARD)
+    server = Server(tmp_path, ray_head)
+    try:
+        spec = job(tiny_model, reward)
+        created = server.client.post("/v1/jobs", json=spec)
+        assert created.status_code == 201, created.text
+        assert server.client.post("/v1/jobs:validate", json=spec).json()["valid"] is True
+        dry = server.client.post("/v1/jobs:validate", json=spec, params={"dry_run": 2})
+        assert dry.status_code == 200, dry.text
+        assert dry.json()["dry_run"]["components"]["score"]["count"] == 4
+    finally:
+        record = server.stop()
+    imports = [json.loads(line) for line in (tmp_path / "imports.jsonl").read_text().splitlines()]
+    assert len(imports) >= 3  # once per request at least (the dry run loads it twice)
+    assert all(i["pid"] != record["pid"] for i in imports)
+    assert all(i["database_url"] is None and i["flywheel_settings"] == [] for i in imports)
+    assert CANARY_DATABASE_URL not in json.dumps(imports)
+    modules = set(record["modules"])
+    assert not {"torch", "transformers", "deepspeed"} & modules
+    assert not [m for m in modules if "team_reward_recorder" in m]
+    assert not [m for m in modules if m.startswith(("trainer.", "trainer")) and not m.startswith("trainer.spec")
+                and m != "trainer"]
+
+
+def test_a_module_that_hangs_on_import_costs_only_its_request(tiny_model, tmp_path, ray_head):
+    reward = tmp_path / "sleeps_on_import.py"
+    reward.write_text(SLEEPING_REWARD)
+    server = Server(tmp_path, ray_head, check_timeout_s=8)
+    answer = {}
+    try:
+        thread = threading.Thread(target=lambda: answer.update(
+            response=server.client.post("/v1/jobs:validate", json=job(tiny_model, reward))))
+        started = time.monotonic()
+        thread.start()
+        latencies = []
+        while thread.is_alive():
+            t0 = time.perf_counter()
+            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            latencies.append(time.perf_counter() - t0)
+            time.sleep(0.2)
+        waited = time.monotonic() - started
+    finally:
+        server.stop()
+    assert len(latencies) >= 20 and max(latencies) < 0.1, latencies
+    response = answer["response"]
+    assert response.status_code == 422 and 8 <= waited < 60
+    error = response.json()["error"]
+    assert error["code"] == "check_timeout" and error["field"] == "rewards.0.import_path"
+    assert "sleeps_on_import.py:score" in error["message"] and "8 s" in error["message"]
