@@ -1,7 +1,7 @@
 """Kill the service (SIGKILL, no shutdown) while a job runs on its embedded Ray head, start it
 again: it adopts the head, reconciles, and tracks the job to `succeeded` with no event or metric
-lost or stored twice. Runs after test_service_e2e.py: stopping the embedded head at the end ends
-every Ray process on the machine."""
+lost or stored twice. Runs last of the service tests (by name): stopping the embedded head at the
+end ends every Ray process on the machine, the service tests' shared head too."""
 
 from __future__ import annotations
 
