@@ -143,7 +143,7 @@ def make_engine(url: str) -> Engine:
 def migrate(url: str) -> None:
     """Bring the schema to the newest Alembic revision."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(Path(__file__).parents[1] / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(cfg, "head")
 
