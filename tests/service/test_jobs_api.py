@@ -186,7 +186,7 @@ def test_health_readiness_and_prometheus(client, alice, spec):
     client.post("/v1/jobs", json=spec, headers=alice)
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready == {"ready": True, "checks": {"store": "ok", "ray": "disabled"}}
+    assert ready == {"ready": True, "checks": {"store": "ok", "ray": "ok"}}
     text = client.get("/metrics").text
     assert 'flywheel_jobs{state="queued"} 1.0' in text and "flywheel_queue_length 1.0" in text
     assert 'flywheel_http_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in text

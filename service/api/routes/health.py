@@ -46,9 +46,8 @@ def readyz(request: Request, response: Response) -> dict[str, object]:
         checks["store"] = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the readiness answer
         checks["store"] = f"error: {exc}"
-    launcher = request.app.state.launcher
-    checks["ray"] = launcher.ping() if launcher is not None else "disabled"
-    ready = all(v in ("ok", "disabled") for v in checks.values())
+    checks["ray"] = request.app.state.launcher.ping()
+    ready = all(v == "ok" for v in checks.values())
     response.status_code = 200 if ready else 503
     return {"ready": ready, "checks": checks}
 
