@@ -7,6 +7,7 @@ code and torch never enter the API process).
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,16 @@ import uvicorn
 from service.core.config import Settings
 from service.main import create_app
 
+
+
+def record(*_) -> None:
+    Path(os.environ["RECORD_MODULES"]).write_text(json.dumps({"pid": os.getpid(), "modules": sorted(sys.modules)}))
+    sys.exit(0)
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1])
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler in place before it.
+    signal.signal(signal.SIGTERM, record)
     uvicorn.run(create_app(Settings(port=port)), host="127.0.0.1", port=port, log_level="warning")
-    Path(os.environ["RECORD_MODULES"]).write_text(json.dumps({"pid": os.getpid(), "modules": sorted(sys.modules)}))
+    record()

@@ -73,7 +73,7 @@ class Server:
 def job(model, reward_file, **extra) -> dict:
     return {"name": "team-code", "model": {"path": str(model)},
             "environment": {"name": "dataset", "config": {"train": str(DIGITS)}},
-            "rewards": [{"import_path": f"{reward_file}:score"}], "algorithm": {"group_size": 2},
+            "rewards": [{"import_path": f"{reward_file}:score"}], "algorithm": {"group_size": 4},
             "rollout": {"max_new_tokens": 4}, **extra}
 
 
@@ -88,7 +88,7 @@ def test_reward_modules_load_on_the_cluster_without_the_services_settings(tiny_m
         assert server.client.post("/v1/jobs:validate", json=spec).json()["valid"] is True
         dry = server.client.post("/v1/jobs:validate", json=spec, params={"dry_run": 2})
         assert dry.status_code == 200, dry.text
-        assert dry.json()["dry_run"]["components"]["score"]["count"] == 4
+        assert dry.json()["dry_run"]["components"]["score"]["count"] == 8
     finally:
         record = server.stop()
     imports = [json.loads(line) for line in (tmp_path / "imports.jsonl").read_text().splitlines()]
