@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
 SECRET_PREFIX = "FLYWHEEL_"
 """The control plane's own settings (database URL, keys): kept out of the cluster's environment."""
@@ -72,6 +74,13 @@ class LocalRayHead:
         subprocess.run([_ray_bin(), "stop", "--force"], env=cluster_env(), capture_output=True)
 
 
+AGENT_WAIT_S = 60
+
+
+def _agent_not_up(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "No available agent" in str(exc)
+
+
 @dataclass
 class RayStatus:
     state: str          # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, or MISSING
@@ -116,8 +125,12 @@ class RayJobsLauncher:
     def _submit(self, module_args: list[str], submission_id: str, env: dict[str, str]) -> str:
         entrypoint = (f"cd {shlex.quote(str(self.project_dir))} && {shlex.quote(self.python)} -m "
                       + " ".join(shlex.quote(a) for a in module_args))
-        return self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **env}})
+        # A head that has just started answers before its job agent is up: wait for the agent.
+        for attempt in Retrying(retry=retry_if_exception(_agent_not_up), stop=stop_after_delay(AGENT_WAIT_S),
+                                wait=wait_fixed(0.5), reraise=True):
+            with attempt:
+                return self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **env}})
 
     def status(self, ray_job_id: str) -> RayStatus:
         try:
