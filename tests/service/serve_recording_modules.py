@@ -17,7 +17,6 @@ from service.core.config import Settings
 from service.main import create_app
 
 
-
 def record(*_) -> None:
     Path(os.environ["RECORD_MODULES"]).write_text(json.dumps({"pid": os.getpid(), "modules": sorted(sys.modules)}))
     sys.exit(0)
