@@ -21,3 +21,33 @@ def test_only_the_algorithms_and_the_spec_name_an_algorithm():
         offenders += [f"{rel}: tests .type" for _ in re.finditer(r"algorithm\.type\b", text)]
     assert not offenders, offenders
 
+
+
+def test_a_new_algorithm_is_its_object_its_spec_variant_and_one_registry_line(monkeypatch):
+    """A toy algorithm (the sign of the group-centred reward) reaches the driver's advantage step
+    through nothing but its object and its entry in ALGORITHMS."""
+    from typing import Literal
+
+    import torch
+
+    from environments import Task
+    from rewards import ScoreResult
+    from trainer.algorithms import ALGORITHMS, Algorithm, build_algorithm
+    from trainer.driver.learn import compute_advantages
+    from trainer.spec.algorithms import GRPOSpec
+    from trainer.types import Completion, Sample
+
+    class SignSpec(GRPOSpec):  # its spec variant (a real one also joins the AlgorithmSpec union)
+        type: Literal["sign"] = "sign"
+
+    class Sign(Algorithm):  # its module
+        def advantages(self, rewards_P_G, valid_P_G):
+            return torch.sign(rewards_P_G - rewards_P_G.mean(dim=1, keepdim=True)) * valid_P_G
+
+    monkeypatch.setitem(ALGORITHMS, "sign", Sign)  # its registry line
+    algorithm = build_algorithm(SignSpec(), max_new_tokens=4)
+    task = Task("t", [{"role": "user", "content": "q"}])
+    samples = [Sample(task, 0, [1], Completion([5], [0.0], "a", False), 0) for _ in range(4)]
+    scores = ScoreResult([3.0, 1.0, 0.5, 0.5], {"r": [3.0, 1.0, 0.5, 0.5]}, [False, False, False, True])
+    advantages_P_G = compute_advantages(samples, scores, algorithm, group_size=2, max_new_tokens=4)
+    assert advantages_P_G.tolist() == [[1.0, -1.0], [0.0, 0.0]]
