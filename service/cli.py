@@ -134,7 +134,9 @@ def submit(spec: Path, follow_: Annotated[bool, typer.Option("--follow")] = Fals
     """Submit a run file; print the job id (and follow it with --follow)."""
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     with _client() as c:
-        job = _check(c.post("/v1/jobs", json=_spec(spec), params={"priority": priority}, headers=headers))
+        # The spec's checks run on the cluster first (seconds; more while a new head starts up).
+        job = _check(c.post("/v1/jobs", json=_spec(spec), params={"priority": priority}, headers=headers,
+                            timeout=300))
     console.print(f"{job['id']} {job['state']} (queue position {job['queue_position']})")
     if follow_:
         follow(job["id"])

@@ -75,7 +75,7 @@ def test_job_runs_to_success_and_the_cli_follows_it(settings, tiny_model):
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
     try:
-        with httpx.Client(base_url=service.url, headers=auth(key), timeout=30) as c:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
             job = c.post("/v1/jobs", json=spec(tiny_model, steps=4, checkpoint_interval=2)).json()
             assert job["state"] == "queued"
             env = {**os.environ, "FLYWHEEL_URL": service.url, "FLYWHEEL_API_KEY": key}
@@ -100,7 +100,7 @@ def test_cancel_a_running_job_keeps_its_checkpoints(settings, tiny_model):
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
     try:
-        with httpx.Client(base_url=service.url, headers=auth(key), timeout=30) as c:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
             job = c.post("/v1/jobs", json=spec(tiny_model, steps=500, checkpoint_interval=1)).json()
             running = wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 2)
             assert running["queue_position"] is None

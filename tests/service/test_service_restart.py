@@ -49,7 +49,9 @@ def test_killed_service_restarts_and_tracks_the_job_to_success(tiny_model, tmp_p
     service = serve(env, port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth(key), timeout=30) as c:
-            job = c.post("/v1/jobs", json=spec(tiny_model, steps=steps, checkpoint_interval=4)).json()
+            # The first create on a head that has just started waits for its job agent, then runs
+            # the spec's checks as the cluster's first job.
+            job = c.post("/v1/jobs", json=spec(tiny_model, steps=steps, checkpoint_interval=4), timeout=180).json()
             wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 1)
         service.send_signal(signal.SIGKILL)
         service.wait(10)
