@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,12 @@ SECRET_PREFIX = "FLYWHEEL_"
 def cluster_env() -> dict[str, str]:
     """The service's environment as the cluster may see it."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}, **RAY_ENV}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _ray_bin() -> str:
@@ -66,9 +73,14 @@ class LocalRayHead:
         if self.running():
             return  # adopt it: its jobs are ours, and reconcile picks them up
         subprocess.run([_ray_bin(), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        # Every port on its own free number: with Ray's fixed defaults, a second head on the
+        # machine (another service, a developer's Ray) starts without a job agent.
+        agent_ports = [f"--{name}={_free_port()}" for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+            "metrics-export-port", "ray-client-server-port")]
         subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True)
+                        *agent_ports, "--disable-usage-stats"], env=env, check=True, capture_output=True)
 
     def stop(self) -> None:
         subprocess.run([_ray_bin(), "stop", "--force"], env=cluster_env(), capture_output=True)
