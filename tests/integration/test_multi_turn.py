@@ -21,14 +21,17 @@ ENV = {"train_size": 16, "eval_size": 4, "max_turns": 3, "system_prompt": False}
 def desk(tmp_path_factory):
     root = tmp_path_factory.mktemp("desk")
     write_demonstrations(root / "demos.jsonl", 200, Mistakes(), system_prompt=False)
-    model = build_tiny_model(root / "model", corpus_lines(root / "demos.jsonl"), vocab_size=400)
+    # Two heads of 32: vLLM's CPU attention needs a head size of at least 32.
+    model = build_tiny_model(root / "model", corpus_lines(root / "demos.jsonl"), vocab_size=400, heads=2)
     return root, model
 
 
-@pytest.fixture(scope="module")
-def episodes(desk):
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def episodes(desk, request):
+    """The same episodes' layout, whichever engine samples the assistant turns."""
     _, model = desk
-    worker = RolloutWorker("hf", str(model), "float32", environment=("support_desk", ENV))
+    worker = RolloutWorker(request.param, str(model), "float32", environment=("support_desk", ENV),
+                           vllm={"kv_cache_gb": 1})
     tasks = list(build("support_desk", ENV).tasks("train"))[:3]
     return worker, worker.generate(tasks, 0, 2, SamplingParams(12), seed=0)
 

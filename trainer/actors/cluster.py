@@ -101,7 +101,7 @@ def start_actors(spec) -> JobActors:
     pin = local_cpu_cores()
     workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus))
                .remote(rollout.engine, spec.model.path, spec.model.dtype, 1, i if pin else None,
-                       (spec.environment.name, spec.environment.config))
+                       (spec.environment.name, spec.environment.config), rollout.vllm.model_dump())
                for i in range(rollout.workers)]
     learners = [ray.remote(Learner).options(**opts(rollout.workers + r, learner.num_cpus))
                 .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]

@@ -2,8 +2,8 @@
 
 An engine turns prompt token ids into sampled completions with the per-token log-probabilities
 of the distribution it sampled from (after temperature and top-p), and takes new weights in
-place. `HFEngine` (a `transformers` model and its KV cache) runs on CPU or GPU; a vLLM engine slots in behind
-the same three methods.
+place. `HFEngine` (a `transformers` model and its KV cache) runs on CPU or GPU; `VLLMEngine`
+(`vllm_engine.py`) is the same three methods over vLLM.
 """
 
 from __future__ import annotations
@@ -117,10 +117,15 @@ def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits).log_softmax(-1)
 
 
-ENGINES = {"hf": HFEngine}
+ENGINES = ("hf", "vllm")
 
 
-def build_engine(name: str, model_path: str, dtype: str) -> Engine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")
-    return ENGINES[name](model_path, dtype)
+def build_engine(name: str, model_path: str, dtype: str, vllm: dict | None = None) -> Engine:
+    """The engine `rollout.engine` names; `vllm` holds `rollout.vllm`'s settings."""
+    if name == "hf":
+        return HFEngine(model_path, dtype)
+    if name == "vllm":
+        from trainer.actors.vllm_engine import VLLMEngine  # vLLM is imported here only
+
+        return VLLMEngine(model_path, dtype, **(vllm or {}))
+    raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")

@@ -3,6 +3,8 @@ tasks, and takes new weights from the learner after every step."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from environments.base import Task
@@ -17,9 +19,11 @@ class RolloutWorker:
     """Wrapped with `ray.remote` by the loop; plain class so it is testable in-process."""
 
     def __init__(self, engine: str, model_path: str, dtype: str, threads: int | None = 1, core: int | None = None,
-                 environment: tuple[str, dict] | None = None):
+                 environment: tuple[str, dict] | None = None, vllm: dict | None = None):
         pin_to_core(core, threads)
-        self.engine = build_engine(engine, model_path, dtype)
+        if engine == "vllm" and core is not None:  # vLLM's CPU threads stay on this worker's core
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        self.engine = build_engine(engine, model_path, dtype, vllm)
         self.version = 0
         self.env = None
         if environment is not None:

