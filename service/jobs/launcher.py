@@ -31,7 +31,8 @@ def cluster_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIX)}, **RAY_ENV}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -75,7 +76,7 @@ class LocalRayHead:
         subprocess.run([_ray_bin(), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         # Every port on its own free number: with Ray's fixed defaults, a second head on the
         # machine (another service, a developer's Ray) starts without a job agent.
-        agent_ports = [f"--{name}={_free_port()}" for name in (
+        agent_ports = [f"--{name}={free_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
             "metrics-export-port", "ray-client-server-port")]
         subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
