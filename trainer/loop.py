@@ -9,7 +9,8 @@ in `trainer.actors`, and what differs between algorithms is asked of the algorit
 
 Departures from textbook GRPO, on purpose: a sample whose reward module failed is masked out of
 the loss and out of its group's statistics instead of scored 0; the policy ratio's denominator is
-the rollout engine's own logprob (so a future off-policy or vLLM engine needs no extra forward).
+the rollout engine's own logprob, or, with truncated importance sampling (`algorithm.tis_cap`, on
+by default with vLLM), the learner's, with each token weighted by the capped ratio of the two.
 
 Run it with `python -m trainer.run configs/demo.toml`.
 """

@@ -86,8 +86,12 @@ class TokenBatch:
 class PolicyBatch(TokenBatch):
     """A policy-gradient step's share for one learner rank."""
 
-    old_logprobs_B_T: list[list[float]] = field(default_factory=list)
-    """The rollout engine's logprob of every completion token: the ratio's denominator."""
+    rollout_logprobs_B_T: list[list[float]] = field(default_factory=list)
+    """The rollout engine's logprob of every completion token, as sampled."""
+    old_logprobs_B_T: list[list[float]] | None = None
+    """The learner's own logprob of every completion token at the weights that sampled it. None:
+    this step's forward pass, which is at those weights when the batch is one optimizer step
+    (PPO's epochs and mini-batches compute them first)."""
     advantages_B: list[float] | None = None
     """One advantage per sample (GRPO and the outcome-reward family) ..."""
     advantages_B_T: list[list[float]] | None = None

@@ -38,8 +38,11 @@ def test_reward_rises_and_run_artifacts_exist(tiny_model, tmp_path, ray_cluster)
     m = result.history[-1]
     for key in ("reward/digit_share", "reward_failures/digit_share", "advantage/abs_mean", "loss", "clip_frac",
                 "entropy", "response/length_mean", "perf/tokens_per_s", "time/rollout", "time/reward",
-                "time/learn", "time/sync"):
+                "time/learn", "time/sync", "mismatch/logprob_diff_mean", "mismatch/tis_capped_frac"):
         assert key in m, key
+    # The HF engine samples from the learner's own model: its logprobs are the learner's.
+    assert max(h["mismatch/logprob_diff_max"] for h in result.history) < 1e-4
+    assert result.history[0]["mismatch/tis_capped_frac"] == 0.0  # TIS is off with the HF engine
     assert "eval/reward_mean" in result.history[14] and "eval/reward_mean" not in result.history[13]
 
     # wandb offline: one run file holding every step's metrics
@@ -64,7 +67,11 @@ def test_reward_rises_with_the_vllm_engine(vllm_tiny_model, tmp_path, ray_cluste
         rollout={"engine": "vllm", "workers": 2, "prompts_per_step": 4, "max_new_tokens": 12},
         schedule={"steps": STEPS, "checkpoint_interval": 0, "seed": 0},
     ))
+    assert spec.algorithm.tis_cap == 2.0  # truncated importance sampling is on by default with vLLM
     result = train(spec, echo=lambda line: None)
     rewards = [m["reward/mean"] for m in result.history]
     first, last = statistics.fmean(rewards[:5]), statistics.fmean(rewards[-5:])
     assert last - first > MIN_GAIN, f"reward did not rise enough: first 5 steps {first:.3f}, last 5 {last:.3f}"
+    # The mismatch is measured every step: vLLM's kernels differ from the learner's, a little.
+    diffs = [m["mismatch/logprob_diff_mean"] for m in result.history]
+    assert all(0 < d < 1e-2 for d in diffs), diffs

@@ -65,14 +65,14 @@ def test_environment_tokens_get_no_gradient(episodes, desk):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     batch = PolicyBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
                         [s.completion.loss_mask() for s in samples],
-                        old_logprobs_B_T=[s.completion.logprobs for s in samples], advantages_B=[1.0, -1.0] * 3)
+                        rollout_logprobs_B_T=[s.completion.logprobs for s in samples], advantages_B=[1.0, -1.0] * 3)
     mb = micro_batch(batch, range(len(samples)), 0)
     mask = mb.mask_B_T
     assert int(mask.sum()) == sum(sum(s.completion.loss_mask()) for s in samples)
     logits = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S).logits[:, mb.first:-1]
     logits.retain_grad()
     logprobs = token_logprobs(logits, mb.input_ids_B_S[:, mb.first + 1:])
-    per_token, _ = clipped_policy_loss(logprobs, mb.align(batch.old_logprobs_B_T), mb.select(batch.advantages_B),
+    per_token, _ = clipped_policy_loss(logprobs, mb.align(batch.rollout_logprobs_B_T), mb.select(batch.advantages_B),
                                        0.2, 0.28)
     aggregate(per_token, mask, "token_mean").backward()
     grad_per_position = logits.grad.abs().sum(-1)

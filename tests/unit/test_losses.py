@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from trainer.algorithms.grpo import GRPO
 from trainer.algorithms.losses import (
     aggregate,
     clipped_policy_loss,
@@ -11,7 +12,9 @@ from trainer.algorithms.losses import (
     masked_mean,
     token_logprobs,
     token_logprobs_and_entropy,
+    truncated_is_weight,
 )
+from trainer.spec.algorithms import GRPOSpec
 
 
 def test_clipped_loss_each_case_of_the_clip():
@@ -33,6 +36,36 @@ def test_clipped_loss_gradient_vanishes_where_clipped():
     loss.sum().backward()
     # d(-ratio*A)/dlogp = -ratio*A on the unclipped token, 0 on the clipped one
     assert logprobs.grad.flatten().tolist() == pytest.approx([0.0, -1.1], abs=1e-6)
+
+
+def test_truncated_is_weight_is_the_capped_detached_ratio():
+    learner = torch.tensor([[math.log(0.5), math.log(0.9), math.log(0.3)]], requires_grad=True)
+    rollout = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.6)]])
+    w = truncated_is_weight(learner, rollout, cap=2.0)
+    assert w.flatten().tolist() == pytest.approx([1.0, 2.0, 0.5], abs=1e-6)  # 0.9/0.3 = 3 is capped at 2
+    assert not w.requires_grad
+
+
+def test_corrected_loss_without_tis_takes_the_ratio_against_the_rollout():
+    algo = GRPO(GRPOSpec(tis_cap=None), max_new_tokens=4)
+    logprobs = torch.tensor([[math.log(0.6)]], requires_grad=True)
+    old, rollout, mask = torch.tensor([[math.log(0.6)]]), torch.tensor([[math.log(0.5)]]), torch.tensor([[True]])
+    loss, clipped, capped = algo.corrected_loss(logprobs, old, rollout, torch.tensor([1.0]), mask)
+    assert loss.item() == pytest.approx(-1.2, abs=1e-6)  # ratio 0.6/0.5, inside the clip
+    assert not clipped.any() and not capped.any()
+
+
+def test_corrected_loss_with_tis_weights_the_on_policy_gradient():
+    algo = GRPO(GRPOSpec(tis_cap=2.0), max_new_tokens=4)
+    p_old = torch.tensor([[0.9, 0.4]])
+    logprobs = p_old.log().clone().requires_grad_(True)
+    rollout = torch.tensor([[0.3, 0.5]]).log()  # the rollout engine's view: ratios 3 (capped) and 0.8
+    loss, clipped, capped = algo.corrected_loss(logprobs, p_old.log(), rollout, torch.tensor([1.0]),
+                                                torch.tensor([[True, True]]))
+    loss.sum().backward()
+    # The ratio is against the learner's own old logprob (1 here), so the gradient is -A * w.
+    assert logprobs.grad.flatten().tolist() == pytest.approx([-2.0, -0.8], abs=1e-5)
+    assert capped.flatten().tolist() == [True, False] and not clipped.any()
 
 
 def test_k3_kl_exact_and_zero_at_equal_policies():

@@ -15,6 +15,13 @@ ratio per sequence, the geometric mean of its token ratios:
 given to each of the sequence's tokens (aggregate it with `sequence_mean`: then d l / d logp_t is
 s_i * A_i / |o_i|, the GSPO gradient).
 
+Truncated importance sampling (Yao et al., 2025, "Your Efficient RL Framework Secretly Brings You
+Off-Policy RL Training"): a fast rollout engine (vLLM) samples from p_rollout, which differs
+slightly from the learner's p_old at the same weights (other kernels, other batching). The loss
+is taken against p_old and each token weighted by the detached, capped ratio
+
+    w_t = min(p_old_t / p_rollout_t, C)
+
 KL to the reference with Schulman's k3 estimator (as in GRPO, Shao et al., 2024, eq. 4):
 
     k3_t = exp(ref - logp) - (ref - logp) - 1          (>= 0, unbiased for KL(pi || ref))
@@ -63,6 +70,11 @@ def gspo_policy_loss(logprobs_B_T: torch.Tensor, old_logprobs_B_T: torch.Tensor,
     loss_B_1 = -torch.minimum(unclipped_B_1, clipped_B_1)
     shape = logprobs_B_T.shape
     return loss_B_1.expand(shape), (clipped_B_1 < unclipped_B_1).expand(shape)
+
+
+def truncated_is_weight(learner_old_B_T: torch.Tensor, rollout_B_T: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-token min(p_old / p_rollout, cap), detached: it weights the loss, it is not trained."""
+    return torch.exp(learner_old_B_T - rollout_B_T).clamp(max=cap).detach()
 
 
 def k3_kl(logprobs_B_T: torch.Tensor, ref_logprobs_B_T: torch.Tensor) -> torch.Tensor:

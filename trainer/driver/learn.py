@@ -1,10 +1,15 @@
 """Steps 4 and 5 from the driver: advantages, then the learner ranks' optimizer step.
 
 The outcome-reward family (`learn`): the algorithm's advantages per sample, then one step over
-the batch, sharded evenly over the ranks. PPO (`ppo_learn`): the critic's values, per-token
+the batch, sharded evenly over the ranks. PPO (`ppo_learn`): the policy's logprobs at the
+sampling weights (before its epochs move them), the critic's values, per-token
 rewards (the outcome on the last policy token, the KL penalty on every token when it is in the
 reward), GAE, then `ppo_epochs` passes of `mini_batches` optimizer steps each for the policy
 ranks and the critic ranks alike. The formulas are in `trainer.algorithms`.
+
+Both log the rollout-learner mismatch every step: the mean and max of |log p_rollout - log p_old|
+over the sampled tokens, ~1e-6 with the HF engine (the same model in the same dtype) and larger
+with vLLM (its own kernels), which truncated importance sampling (`algorithm.tis_cap`) corrects.
 """
 
 from __future__ import annotations
@@ -47,15 +52,24 @@ def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, advanta
     (and truncated ones, for an algorithm that filters them) are masked out of the loss."""
     masks = loss_masks(samples, scores.failed, algorithm.filters_truncated)
     batch = PolicyBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples], masks,
-                        old_logprobs_B_T=[s.completion.logprobs for s in samples],
+                        rollout_logprobs_B_T=[s.completion.logprobs for s in samples],
                         advantages_B=advantages_P_G.flatten().tolist())
     counts = StepCounts(num_sequences=sum(any(m) for m in masks), num_tokens=sum(map(sum, masks)))
     per_rank_stats = sharded_call(actors.learners, "train_step", batch, counts)
-    summed = {k: sum(s[k] for s in per_rank_stats) for k in per_rank_stats[0]}
+    return {**_policy_stats(per_rank_stats), "grad_norm": per_rank_stats[0]["grad_norm"]}
+
+
+def _policy_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One optimizer step's statistics from every rank's sums: the loss, the share of tokens
+    clipped, KL and entropy per token, and the rollout-learner mismatch |log p_rollout - log p_old|
+    on the sampled tokens (its mean and max) with the share of tokens whose TIS weight was capped."""
+    summed = {k: sum(s[k] for s in per_rank) for k in per_rank[0]}
     tokens = max(summed["tokens"], 1.0)
     return {"loss": summed["loss"], "clip_frac": summed["clipped_tokens"] / tokens,
             "kl": summed["kl_sum"] / tokens, "entropy": summed["entropy_sum"] / tokens,
-            "grad_norm": per_rank_stats[0]["grad_norm"]}
+            "mismatch/logprob_diff_mean": summed["mismatch_sum"] / tokens,
+            "mismatch/logprob_diff_max": max(s["mismatch_max"] for s in per_rank),
+            "mismatch/tis_capped_frac": summed["tis_capped"] / tokens}
 
 
 def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, algorithm: Algorithm,
@@ -65,13 +79,14 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, alg
     algo = algorithm.config
     masks = loss_masks(samples, scores.failed, drop_truncated=False)
     tokens = TokenBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples], masks)
-    old_logprobs = [s.completion.logprobs for s in samples]
+    rollout_logprobs = [s.completion.logprobs for s in samples]
+    old_logprobs = _gather(sharded_call(actors.learners, "logprobs", tokens))  # before the epochs move the weights
     width = max(len(m) for m in masks)
     mask = _pad([[float(x) for x in m] for m in masks], width).bool()
     values = _pad(_gather(sharded_call(actors.critics, "values", tokens)), width)
     kl, beta = None, 0.0
     if algorithm.kl_in_reward:
-        ref = _pad(_gather(sharded_call(actors.learners, "reference_logprobs", tokens)), width)
+        ref = _pad(_gather(sharded_call(actors.learners, "logprobs", tokens, "reference")), width)
         kl = (_pad(old_logprobs, width) - ref) * mask
         beta = kl_control.beta if kl_control else algo.kl_beta
     rewards = token_rewards(torch.tensor(scores.total, dtype=torch.float32), mask, kl, beta)
@@ -80,13 +95,13 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, alg
 
     lengths = [len(m) for m in masks]
     per_sample_adv = [advantages[i, :n].tolist() for i, n in enumerate(lengths)]
-    policy = PolicyBatch(tokens.prompt_ids_B, tokens.completion_ids_B_T, masks, old_logprobs_B_T=old_logprobs,
+    policy = PolicyBatch(tokens.prompt_ids_B, tokens.completion_ids_B_T, masks,
+                         rollout_logprobs_B_T=rollout_logprobs, old_logprobs_B_T=old_logprobs,
                          advantages_B_T=per_sample_adv)
     critic = ValueBatch(tokens.prompt_ids_B, tokens.completion_ids_B_T, masks,
                         old_values_B_T=[values[i, :n].tolist() for i, n in enumerate(lengths)],
                         returns_B_T=[returns[i, :n].tolist() for i, n in enumerate(lengths)])
-    stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "entropy": [], "kl": [], "value_loss": [],
-                                     "value_clip_frac": []}
+    stats: dict[str, list[float]] = {"value_loss": [], "value_clip_frac": []}
     generator = torch.Generator().manual_seed(spec.schedule.seed * 7_919 + step)
     n_mb = len(samples) // algo.mini_batches
     for _ in range(algo.ppo_epochs):
@@ -96,14 +111,12 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, alg
             counts = StepCounts(sum(any(masks[i]) for i in rows), sum(sum(masks[i]) for i in rows))
             pol = sharded_call(actors.learners, "train_step", policy.rows(rows), counts)
             val = sharded_call(actors.critics, "train_step", critic.rows(rows), counts)
-            n_tokens = max(sum(s["tokens"] for s in pol), 1.0)
-            stats["loss"].append(sum(s["loss"] for s in pol))
-            stats["clip_frac"].append(sum(s["clipped_tokens"] for s in pol) / n_tokens)
-            stats["entropy"].append(sum(s["entropy_sum"] for s in pol) / n_tokens)
-            stats["kl"].append(sum(s["kl_sum"] for s in pol) / n_tokens)
+            for k, v in _policy_stats(pol).items():
+                stats.setdefault(k, []).append(v)
             stats["value_loss"].append(sum(s["value_loss"] for s in val))
             stats["value_clip_frac"].append(sum(s["value_clipped"] for s in val) / max(sum(s["tokens"] for s in val), 1))
     out = {k: statistics.fmean(v) for k, v in stats.items()}
+    out["mismatch/logprob_diff_max"] = max(stats["mismatch/logprob_diff_max"])
     out["grad_norm"] = pol[0]["grad_norm"]
     out["value/mean"] = float((values * mask).sum() / mask.sum().clamp(min=1))
     if kl is not None:

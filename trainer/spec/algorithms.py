@@ -6,7 +6,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+
+
+def _tis_cap(value: object) -> float | str | None:
+    """One message for every wrong value, instead of one per member of the union."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 1:
+        return float(value)
+    raise ValueError(f'expected a number >= 1, "auto" or null, got {value!r}')
+
+
+TISCap = Annotated[float | Literal["auto"] | None,
+                   PlainValidator(_tis_cap, json_schema_input_type=float | Literal["auto"] | None)]
 
 
 class StrictModel(BaseModel):
@@ -36,6 +49,12 @@ class _PolicyGradient(StrictModel):
     kl_beta: float = Field(default=0.0, ge=0)
     """Weight of the k3 KL penalty against the frozen reference (the base model). 0 turns it off
     and no reference model is loaded."""
+
+    tis_cap: TISCap = "auto"
+    """Truncated importance sampling against the rollout engine's logprobs: each token's loss is
+    weighted by min(p_learner / p_rollout, tis_cap), both at the weights that sampled it, and the
+    ratio is taken against the learner's own logprob. None turns it off; "auto" (the default) is 2
+    with the vLLM engine and off with the HF engine, whose logprobs are the learner's own."""
 
     @property
     def mini_batch_count(self) -> int:
