@@ -5,12 +5,14 @@
     export FLYWHEEL_URL=http://127.0.0.1:8000 FLYWHEEL_API_KEY=fw_...
     flywheel submit configs/demo.toml --follow
     flywheel list | get JOB | follow JOB | cancel JOB | validate SPEC | rewards | environments
+    flywheel models import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ from trainer.spec.results import result_table
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
 admin = typer.Typer(help="Teams and API keys (acts on the store directly).", no_args_is_help=True)
 app.add_typer(admin, name="admin")
+models = typer.Typer(help="Base models on this machine.", no_args_is_help=True)
+app.add_typer(models, name="models")
 console = Console()
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -258,6 +262,19 @@ def environments() -> None:
     with _client() as c:
         for name, info in _check(c.get("/v1/environments"))["environments"].items():
             console.print(f"{name:20} {info['doc'].splitlines()[0] if info['doc'] else ''}")
+
+
+# ── models ─────────────────────────────────────────────────────────────────────────────────────
+
+@models.command("import-gguf")
+def import_gguf(gguf_file: Path, out_dir: Path, dtype: Annotated[str, typer.Option(
+        help="dtype of the saved weights: float32 or bfloat16")] = "float32") -> None:
+    """Convert a GGUF checkpoint (llama.cpp) into a Hugging Face folder a job's `model.path` can name.
+    The conversion loads torch and transformers, so it runs as its own process (`python -m trainer.gguf`)."""
+    done = subprocess.run([sys.executable, "-m", "trainer.gguf", str(gguf_file), str(out_dir), "--dtype", dtype],
+                          check=False)
+    if done.returncode:
+        raise typer.Exit(done.returncode)
 
 
 if __name__ == "__main__":
