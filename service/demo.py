@@ -6,6 +6,7 @@ REST, follows it with a progress bar, and prints the before/after evaluation on 
 and where the model, the checkpoints and the wandb run are. The service stops at the end.
 
     python -m service.demo configs/support_desk.toml
+    python -m service.demo configs/support_desk.toml --set rollout.engine=vllm
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default="configs/support_desk.toml")
     p.add_argument("--state-dir", default="runs/demo-service", help="the demo service's database and job folders")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the run file by its dotted path")
     a = p.parse_args()
 
     from service import cli
     from service.core.store import create_team_with_key
-    from trainer.spec import load_spec
+    from trainer.spec import load_spec, parse_overrides
 
     state = (ROOT / a.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,7 @@ def main() -> None:
     try:
         wait_healthy(url, server)
         os.environ.update(FLYWHEEL_URL=url, FLYWHEEL_API_KEY=key)
-        spec = load_spec(ROOT / a.config).model_dump(mode="json")
+        spec = load_spec(ROOT / a.config, parse_overrides(a.set)).model_dump(mode="json")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
             job = cli._check(c.post("/v1/jobs", json=spec))
         print(f"submitted {job['id']} ({spec['name']}): POST {url}/v1/jobs", flush=True)

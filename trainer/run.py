@@ -13,19 +13,7 @@ import argparse
 import os
 import sys
 
-import yaml
-
-from trainer.spec import SpecError, load_spec
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SpecError([{"field": key, "message": "--set takes key=value, e.g. schedule.steps=5"}], "--set")
-        out[key] = yaml.safe_load(value)
-    return out
+from trainer.spec import SpecError, load_spec, parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ from trainer.spec.job import (
     VLLMSpec,
     WarmStartSpec,
 )
-from trainer.spec.loading import SpecError, describe_errors, load_spec, parse_spec
+from trainer.spec.loading import SpecError, describe_errors, load_spec, parse_overrides, parse_spec
 
 __all__ = ["ALGORITHM_SPECS", "ALGORITHM_TAGS", "AlgorithmSpec", "EnvironmentSpec", "JobSpec", "LearnerSpec",
            "LoggingSpec", "ModelSpec", "RewardSpec", "RolloutSpec", "ScheduleSpec", "SpecError", "VLLMSpec", "WarmStartSpec",
-           "describe_errors", "load_spec", "parse_spec"]
+           "describe_errors", "load_spec", "parse_overrides", "parse_spec"]

@@ -58,6 +58,17 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> JobSpec:
         raise SpecError(describe_errors(exc), source) from None
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set schedule.steps=5` pairs as dotted keys and YAML-typed values, for `load_spec`."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SpecError([{"field": key, "message": "--set takes key=value, e.g. schedule.steps=5"}], "--set")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read a TOML, YAML or JSON run file; `overrides` are dotted keys (`schedule.steps`)."""
     path = Path(path)
