@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from trainer.run import parse_overrides
-from trainer.spec import SpecError, load_spec, parse_spec
+from trainer.spec import SpecError, load_spec, parse_overrides, parse_spec
 from trainer.spec.algorithms import GRPOSpec
 
 BASE = {"model": {"path": "m"}, "rewards": [{"name": "regex", "config": {"pattern": "x"}}]}
@@ -17,7 +16,7 @@ def fields(data) -> dict[str, str]:
 
 def test_defaults_make_a_runnable_spec():
     spec = parse_spec(BASE)
-    assert spec.algorithm == GRPOSpec()
+    assert spec.algorithm == GRPOSpec(tis_cap=None)  # "auto" is off with the default (HF) engine
     assert spec.learner.ranks == 2 and spec.rollout.workers == 2
     assert spec.run_dir.as_posix() == "runs/job"
 
@@ -55,6 +54,22 @@ def test_batch_must_split_over_ranks_and_micro_batches():
     assert "split evenly over 2 ranks" in errs["learner.ranks"]
     errs = fields({**BASE, "learner": {"ranks": 2, "micro_batch": 5}})
     assert "multiple of micro_batch=5" in errs["learner.micro_batch"]
+
+
+def test_tis_cap_auto_follows_the_engine_and_an_explicit_cap_stays():
+    assert parse_spec({**BASE, "rollout": {"engine": "vllm"}}).algorithm.tis_cap == 2.0
+    assert parse_spec(BASE).algorithm.tis_cap is None
+    assert parse_spec({**BASE, "algorithm": {"tis_cap": 3}}).algorithm.tis_cap == 3.0
+    assert "algorithm.tis_cap" in fields({**BASE, "algorithm": {"tis_cap": 0.5}})
+
+
+def test_gpu_engine_placements_that_cannot_work_are_refused():
+    shared_gpu_nccl = {"engine": "vllm", "vllm": {"sleep": True, "weight_transfer": "nccl"}}
+    assert "needs the engine and the learner on different GPUs" in fields(
+        {**BASE, "rollout": shared_gpu_nccl})["rollout.vllm.weight_transfer"]
+    unpaired = {"engine": "vllm", "workers": 1, "vllm": {"sleep": True}}
+    assert "must equal learner.ranks (2)" in fields({**BASE, "rollout": unpaired})["rollout.vllm.sleep"]
+    assert parse_spec({**BASE, "rollout": {"engine": "vllm", "vllm": {"sleep": True}}}).rollout.vllm.sleep
 
 
 def test_run_files_in_toml_yaml_and_json_load_alike(tmp_path):

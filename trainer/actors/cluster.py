@@ -68,6 +68,8 @@ class JobActors:
     """The policy version the rollout workers hold (the step whose weights they last received)."""
     critics: list = field(default_factory=list)
     """PPO's value-model ranks (empty for the critic-free algorithms)."""
+    weight_transfer: str = "object_store"
+    """How step 6 moves the weights (`rollout.vllm.weight_transfer`; `nccl` on GPUs only)."""
 
     def shutdown(self) -> None:
         for actor in [*self.workers, *self.learners, *self.critics, self.rewarder]:
@@ -76,14 +78,24 @@ class JobActors:
 
 
 def start_actors(spec) -> JobActors:
-    """Reserve the job's placement group and start every actor in it; learners are set up too."""
+    """Reserve the job's placement group and start every actor in it; learners are set up too.
+
+    One bundle per actor, except with `rollout.vllm.sleep` on GPUs: rollout worker i then shares
+    learner rank i's bundle and GPU (half each), and its engine sleeps while the learner trains."""
     rollout, learner = spec.rollout, spec.learner
     gpu = 1 if _cluster_has_gpus() else 0
+    colocate = bool(gpu) and rollout.engine == "vllm" and rollout.vllm.sleep
     critic_ranks = spec.algorithm.critic_world_size(learner.ranks)
-    bundles = ([{"CPU": rollout.num_cpus, "GPU": gpu} if gpu else {"CPU": rollout.num_cpus}] * rollout.workers
-               + [{"CPU": learner.num_cpus, "GPU": gpu} if gpu else {"CPU": learner.num_cpus}]
-               * (learner.ranks + critic_ranks)
-               + [{"CPU": REWARD_WORKER_CPUS}])
+    share = 0.5 if colocate else gpu
+
+    def bundle(cpus: float) -> dict:
+        return {"CPU": cpus, "GPU": gpu} if gpu else {"CPU": cpus}
+
+    bundles = ([] if colocate else [bundle(rollout.num_cpus)] * rollout.workers)
+    bundles += [bundle(learner.num_cpus + (rollout.num_cpus if colocate else 0))] * learner.ranks
+    bundles += [bundle(learner.num_cpus)] * critic_ranks + [{"CPU": REWARD_WORKER_CPUS}]
+    first_learner = 0 if colocate else rollout.workers  # worker i sits in bundle i: its own, or rank i's
+    first_critic = first_learner + learner.ranks
     pg = placement_group(bundles, strategy="PACK")
     try:
         ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
@@ -94,22 +106,22 @@ def start_actors(spec) -> JobActors:
                            f"{need:g} CPUs{f' and {gpu * (len(bundles) - 1)} GPUs' if gpu else ''} "
                            f"(resources now free: {ray.available_resources()})") from None
 
-    def opts(index: int, cpus: float):
-        return dict(num_cpus=cpus, num_gpus=gpu if index < len(bundles) - 1 else 0,
+    def opts(index: int, cpus: float, gpus: float):
+        return dict(num_cpus=cpus, num_gpus=gpus,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index))
 
     pin = local_cpu_cores()
-    workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus))
+    workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus, share))
                .remote(rollout.engine, spec.model.path, spec.model.dtype, 1, i if pin else None,
                        (spec.environment.name, spec.environment.config), rollout.vllm.model_dump())
                for i in range(rollout.workers)]
-    learners = [ray.remote(Learner).options(**opts(rollout.workers + r, learner.num_cpus))
+    learners = [ray.remote(Learner).options(**opts(first_learner + r, learner.num_cpus, share))
                 .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]
-    first_critic = rollout.workers + learner.ranks
-    critics = [ray.remote(Critic).options(**opts(first_critic + r, learner.num_cpus))
+    critics = [ray.remote(Critic).options(**opts(first_critic + r, learner.num_cpus, gpu))
                .remote(r, critic_ranks, 1, r if pin else None) for r in range(critic_ranks)]
-    rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS)).remote(spec.rewards)
-    actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage, critics=critics)
+    rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS, 0)).remote(spec.rewards)
+    transfer = rollout.vllm.weight_transfer if rollout.engine == "vllm" else "object_store"
+    actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage, critics=critics, weight_transfer=transfer)
     try:
         samples = spec.rollout.prompts_per_step * spec.algorithm.group_size
         master = ray.get(learners[0].address.remote())
@@ -122,6 +134,11 @@ def start_actors(spec) -> JobActors:
                                      spec.algorithm.critic_lr, spec.algorithm.value_clip,
                                      samples // critic_ranks // spec.mini_batches) for c in critics]
         ray.get(ready + [w.__ray_ready__.remote() for w in workers] + [rewarder.names.remote()])
+        if transfer == "nccl":
+            if not gpu:
+                raise RuntimeError("rollout.vllm.weight_transfer: `nccl` needs GPUs, and this cluster has none "
+                                   "(use `object_store`)")
+            ray.get([lr.open_weight_transfer.remote(workers) for lr in learners])
     except BaseException:
         actors.shutdown()
         raise

@@ -50,15 +50,19 @@ class Learner(DeepSpeedRank):
     def train_step(self, batch: PolicyBatch, counts: StepCounts) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
         algo = self.algorithm
-        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0}
+        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0,
+                 "mismatch_sum": 0.0, "mismatch_max": 0.0, "tis_capped": 0.0}
         self._set_lr(self.rl_lr)
         self.engine.train()
         for mb in self._micro_batches(batch):
-            old_B_T = mb.align(batch.old_logprobs_B_T)
+            rollout_B_T = mb.align(batch.rollout_logprobs_B_T)
             advantages = (mb.select(batch.advantages_B) if batch.advantages_B is not None
                           else mb.align(batch.advantages_B_T))
             logprobs_B_T, entropy_B_T = self._logprobs(self.engine, mb)
-            per_token, clipped = algo.policy_loss(logprobs_B_T, old_B_T, advantages, mb.mask_B_T)
+            old_B_T = (mb.align(batch.old_logprobs_B_T) if batch.old_logprobs_B_T is not None
+                       else logprobs_B_T.detach())
+            per_token, clipped, capped = algo.corrected_loss(logprobs_B_T, old_B_T, rollout_B_T, advantages,
+                                                             mb.mask_B_T)
             if algo.kl_in_loss:
                 with torch.no_grad():
                     ref_B_T, _ = self._logprobs(self.reference, mb)
@@ -72,16 +76,23 @@ class Learner(DeepSpeedRank):
                 stats["clipped_tokens"] += float((clipped & mb.mask_B_T).sum())
                 stats["entropy_sum"] += float((entropy_B_T * mb.mask_B_T).sum())
                 stats["tokens"] += float(mb.mask_B_T.sum())
+                gap_B_T = (old_B_T - rollout_B_T).abs() * mb.mask_B_T
+                stats["mismatch_sum"] += float(gap_B_T.sum())
+                stats["mismatch_max"] = max(stats["mismatch_max"], float(gap_B_T.max()))
+                stats["tis_capped"] += float((capped & mb.mask_B_T).sum())
         grad_norm = self.engine.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         return stats
 
     @torch.no_grad()
-    def reference_logprobs(self, batch: TokenBatch) -> list[list[float]]:
-        """The frozen reference's logprob of every completion token (PPO's KL-in-reward)."""
+    def logprobs(self, batch: TokenBatch, model: str = "policy") -> list[list[float]]:
+        """The logprob of every completion token under the current policy (PPO's old logprobs,
+        before its epochs move the weights) or the frozen reference (its KL-in-reward)."""
+        module = self.engine if model == "policy" else self.reference
+        module.eval()
         out = []
         for mb in self._micro_batches(batch):
-            logprobs_B_T, _ = self._logprobs(self.reference, mb)
+            logprobs_B_T, _ = self._logprobs(module, mb)
             out += mb.unalign(logprobs_B_T)
         return out
 
@@ -118,6 +129,23 @@ class Learner(DeepSpeedRank):
         if self.rank != 0:
             return None
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def open_weight_transfer(self, workers: list) -> None:
+        """vLLM's NCCL weight transfer to each rollout worker (GPU only); every rank calls it."""
+        import ray
+
+        from trainer.actors.deepspeed_rank import free_port
+        from trainer.actors.weight_transfer import open_senders
+
+        ports = [free_port() for _ in workers]
+        self.senders = open_senders(self.engine.module, self.zero_stage, self.rank, workers,
+                                    ray.util.get_node_ip_address(), ports)
+
+    def send_weights(self, version: int) -> None:
+        """Broadcast the policy into every engine (rank 0 sends; under ZeRO-3 all ranks gather)."""
+        from trainer.actors.weight_transfer import send
+
+        send(self.senders, version)
 
     def export(self, directory: str) -> str | None:
         """Write the policy in Hugging Face format (rank 0); every rank must call it."""

@@ -1,5 +1,6 @@
 """The rollout worker: a Ray actor that owns one engine, samples groups for its share of the
-tasks, and takes new weights from the learner after every step."""
+tasks, and takes new weights from the learner after every step (a state dict through the object
+store, or, with vLLM on GPUs, a broadcast the learner drives through `weight_transfer_rpc`)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ class RolloutWorker:
         if weights_version is not None and self.version != weights_version:
             raise RuntimeError(f"rollout worker holds weights v{self.version}, the loop expected v{weights_version}: "
                                "the last weight update did not arrive")
+        samples = self._generate(tasks, group_offset, group_size, sampling, seed)
+        if hasattr(self.engine, "sleep"):  # a vLLM engine sharing its GPU hands it to the learner now
+            self.engine.sleep()
+        return samples
+
+    def _generate(self, tasks: list[Task], group_offset: int, group_size: int, sampling: SamplingParams,
+                  seed: int) -> list[Sample]:
         tok = self.engine.tokenizer()
         prompts = [format_prompt(tok, t.prompt) for t in tasks]
         if self.env is not None:
@@ -54,3 +62,11 @@ class RolloutWorker:
         self.engine.load_weights(state_dict)
         self.version = version
         return version
+
+    def weight_transfer_rpc(self, method: str, kwargs: dict) -> None:
+        """One phase of vLLM's native weight transfer, driven by learner rank 0."""
+        self.engine.rpc(method, kwargs)
+
+    def set_version(self, version: int) -> None:
+        """The step whose weights a completed transfer delivered."""
+        self.version = version

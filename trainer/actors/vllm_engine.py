@@ -14,7 +14,11 @@ What the loop needs from it, and how:
   per-request seeds must not split its prefill (on CPU that crashes), so chunked prefill is off;
 - new weights after every learner step without a restart: `reload_weights` through
   `collective_rpc`, the full state dict (tied embeddings included), then the prefix cache is
-  dropped, since what it holds was computed with the old weights.
+  dropped, since what it holds was computed with the old weights. On GPUs the learner can
+  broadcast them over NCCL instead (`weight_transfer = "nccl"`, `trainer.actors.weight_transfer`):
+  the engine is then built with vLLM's weight-transfer engine and `rpc` runs its phases;
+- on a GPU it shares with a learner rank (`sleep`), the engine sleeps between rollouts (level 1:
+  weights to host memory, KV cache dropped) and wakes before it is used again.
 """
 
 from __future__ import annotations
@@ -28,16 +32,27 @@ from trainer.types import Completion, SamplingParams
 
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
-                 max_model_len: int | None = None, prefix_caching: bool = True):
+                 max_model_len: int | None = None, prefix_caching: bool = True,
+                 weight_transfer: str = "object_store", sleep: bool = False, gpu_memory_utilization: float = 0.9):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
         from vllm import LLM
 
+        gpu: dict = {}
+        if weight_transfer == "nccl":
+            from vllm.config import WeightTransferConfig
+
+            gpu["weight_transfer_config"] = WeightTransferConfig(backend="nccl")
+        if sleep:
+            gpu["enable_sleep_mode"] = True
+        if torch.cuda.is_available():
+            gpu["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(model=model_path, dtype=dtype, seed=0, logprobs_mode="processed_logprobs",
                        max_model_len=max_model_len, enable_prefix_caching=prefix_caching,
                        enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len or 0),
-                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=True)
+                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=True, **gpu)
         self._tok = self.llm.get_tokenizer()
+        self.sleeps, self.asleep = sleep, False
 
     def tokenizer(self):
         return self._tok
@@ -47,6 +62,7 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSampling
         from vllm.inputs import TokensPrompt
 
+        self._wake()
         requests = [TokensPrompt(prompt_token_ids=p) for p in prompts_ids for _ in range(n)]
         params = [VLLMSampling(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
                                max_tokens=sampling.max_new_tokens, seed=seed * 1_000_003 + k, logprobs=0,
@@ -63,5 +79,24 @@ class VLLMEngine:
         return groups
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self._wake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state_dict.items())})
         self.llm.reset_prefix_cache()
+
+    def rpc(self, method: str, kwargs: dict) -> None:
+        """A phase of vLLM's weight transfer on the engine's workers (`start_weight_update`, ...)."""
+        self._wake()
+        self.llm.collective_rpc(method, kwargs=kwargs)
+        if method == "finish_weight_update":
+            self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the GPU for the learner until the engine is next used (with `sleep` on)."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False

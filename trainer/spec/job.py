@@ -14,6 +14,9 @@ from pydantic import Field, model_validator
 
 from trainer.spec.algorithms import AlgorithmSpec, GRPOSpec, StrictModel
 
+TIS_CAP_VLLM = 2.0
+"""`algorithm.tis_cap = "auto"` with the vLLM engine (Yao et al., 2025, use 2)."""
+
 
 class ModelSpec(StrictModel):
     path: str = Field(min_length=1)
@@ -73,6 +76,26 @@ class VLLMSpec(StrictModel):
 
     prefix_caching: bool = True
     """Reuse the KV cache of shared prefixes: a group's prompt, and an episode's earlier turns."""
+
+    weight_transfer: Literal["object_store", "nccl"] = "object_store"
+    """How new weights reach the engines after each step. `object_store`: the learner's state dict
+    through Ray (CPU or GPU). `nccl`: vLLM's native weight transfer, broadcast from learner rank 0
+    into each engine on its own GPU (GPU only)."""
+
+    sleep: bool = False
+    """Share a GPU with a learner rank: each rollout worker is placed on learner rank i's GPU, and
+    its engine sleeps between rollouts (weights to host memory, KV cache freed) and wakes before
+    the next weights load. GPU only: vLLM's CPU build has no sleep mode."""
+
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Share of its GPU the engine may take (GPU only); keep it at 0.3-0.7 with `sleep`."""
+
+    @model_validator(mode="after")
+    def _transfer_fits_placement(self) -> VLLMSpec:
+        if self.sleep and self.weight_transfer == "nccl":
+            raise ValueError("weight_transfer: `nccl` needs the engine and the learner on different GPUs; with "
+                             "`sleep` they share one (use `object_store`)")
+        return self
 
 
 class RolloutSpec(StrictModel):
@@ -200,6 +223,20 @@ class JobSpec(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("algorithm"), dict) and "type" not in data["algorithm"]:
             data = {**data, "algorithm": {"type": "grpo", **data["algorithm"]}}
         return data
+
+    @model_validator(mode="after")
+    def _colocated_pairs(self) -> JobSpec:
+        vllm = self.rollout.vllm
+        if self.rollout.engine == "vllm" and vllm.sleep and self.rollout.workers != self.learner.ranks:
+            raise ValueError(f"rollout.vllm.sleep: each rollout worker shares a GPU with one learner rank, so "
+                             f"rollout.workers ({self.rollout.workers}) must equal learner.ranks ({self.learner.ranks})")
+        return self
+
+    @model_validator(mode="after")
+    def _tis_for_the_engine(self) -> JobSpec:
+        if self.algorithm.tis_cap == "auto":
+            self.algorithm.tis_cap = TIS_CAP_VLLM if self.rollout.engine == "vllm" else None
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self) -> JobSpec:
