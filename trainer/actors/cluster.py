@@ -31,6 +31,7 @@ _ACTOR_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",  # vLLM logs every weight reload and prefix-cache reset at INFO
     "OMP_NUM_THREADS": "1",
     "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
 }
