@@ -15,18 +15,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from environments.base import EnvironmentConfigError, Episode, Step, Task
+from environments.base import DATA_PATH, EnvironmentConfigError, Episode, Step, Task
 
 
 class DatasetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    train: str
+    train: str = Field(json_schema_extra=DATA_PATH)
     """Training data: a .jsonl or .parquet file, or a folder written by `datasets.save_to_disk`."""
 
-    eval: str | None = None
+    eval: str | None = Field(default=None, json_schema_extra=DATA_PATH)
     """Held-out data in the same format; evaluation is skipped without it."""
 
     prompt_column: str = "prompt"
@@ -42,6 +42,9 @@ def _read_rows(path: Path, key: str) -> list[dict[str, Any]]:
     if path.is_dir():
         import datasets
 
+        if not any((path / marker).is_file() for marker in ("state.json", "dataset_dict.json")):
+            raise EnvironmentConfigError(key, f"{path} is a folder but not a `datasets` folder (one written by "
+                                              "save_to_disk); name a .jsonl or .parquet file, or such a folder")
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             raise EnvironmentConfigError(key, f"{path} holds splits {list(ds)}; point at one split's folder")

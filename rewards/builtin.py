@@ -8,7 +8,6 @@ already ships the piece (DAPO's soft overlong punishment, the n-gram repetition 
 from __future__ import annotations
 
 import json
-import re
 from typing import Literal
 
 import jsonschema
@@ -63,7 +62,12 @@ def contains(prompts, completions, *, config: MatchConfig, **columns) -> list[fl
 
 class RegexConfig(_Config):
     pattern: str
-    """Regular expression (Python `re` syntax)."""
+    """Regular expression (Python `re` syntax, run by the `regex` engine)."""
+
+    match_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    """Time limit for matching one completion. A pattern that backtracks exponentially (`(a+)+$`)
+    stops there and the call fails, recorded as such; the engine also lets go of the GIL while it
+    matches, so the module's own time limit still fires."""
 
     mode: Literal["search", "fullmatch", "coverage"] = "search"
     """`search`: 1 if it matches anywhere; `fullmatch`: 1 if the whole completion matches;
@@ -72,26 +76,32 @@ class RegexConfig(_Config):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
+        import regex as engine
+
         try:
-            re.compile(value)
-        except re.error as exc:
+            engine.compile(value)
+        except engine.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
 
 @reward_config(RegexConfig)
 def regex(prompts, completions, *, config: RegexConfig, **columns) -> list[float]:
-    """Score completions against a regular expression (see RegexConfig.mode)."""
-    pattern = re.compile(config.pattern)
+    """Score completions against a regular expression (see RegexConfig.mode). A completion whose
+    match runs past `match_timeout_s` raises TimeoutError: the batch is recorded as failed."""
+    import regex as engine
+
+    pattern = engine.compile(config.pattern)
+    limit = {"concurrent": True, "timeout": config.match_timeout_s}
     scores = []
     for completion in completions:
         text = completion_text(completion)
         if config.mode == "search":
-            scores.append(float(pattern.search(text) is not None))
+            scores.append(float(pattern.search(text, **limit) is not None))
         elif config.mode == "fullmatch":
-            scores.append(float(pattern.fullmatch(text) is not None))
+            scores.append(float(pattern.fullmatch(text, **limit) is not None))
         else:
-            covered = sum(m.end() - m.start() for m in pattern.finditer(text))
+            covered = sum(m.end() - m.start() for m in pattern.finditer(text, **limit))
             scores.append(covered / len(text) if text else 0.0)
     return scores
 

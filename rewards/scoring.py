@@ -101,20 +101,30 @@ def _in_daemon_thread(fn, kwargs: dict[str, Any]) -> asyncio.Future:
     return future
 
 
+class _Raised(Exception):
+    """What the module raised itself, with its traceback: kept apart from our own time limit,
+    since a module may raise TimeoutError too (a regex past its match limit)."""
+
+
 async def _call(module: RewardModule, kwargs: dict[str, Any]) -> Any:
-    call = module.fn(**kwargs) if module.is_async else _in_daemon_thread(module.fn, kwargs)
-    return await asyncio.wait_for(call, timeout=module.timeout_s)
+    async def guarded():
+        try:
+            return await (module.fn(**kwargs) if module.is_async else _in_daemon_thread(module.fn, kwargs))
+        except Exception as exc:  # noqa: BLE001 - recorded by _run_module
+            raise _Raised(traceback.format_exc()) from exc
+
+    return await asyncio.wait_for(guarded(), timeout=module.timeout_s)
 
 
 async def _run_module(module: RewardModule, n: int, kwargs: dict[str, Any]
                       ) -> tuple[list[float | None], RewardFailure | None]:
     try:
         values = await _call(module, kwargs)
+    except _Raised as exc:  # a failing module is recorded, never fatal to the batch
+        return [None] * n, RewardFailure(module.name, list(range(n)), exc.args[0])
     except TimeoutError:
         return [None] * n, RewardFailure(module.name, list(range(n)),
                                          f"timed out after {module.timeout_s:g} s", timed_out=True)
-    except Exception:  # noqa: BLE001 - a failing module is recorded, never fatal to the batch
-        return [None] * n, RewardFailure(module.name, list(range(n)), traceback.format_exc())
     if not isinstance(values, Sequence) or len(values) != n:
         got = len(values) if isinstance(values, Sequence) else type(values).__name__
         return [None] * n, RewardFailure(module.name, list(range(n)),

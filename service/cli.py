@@ -40,14 +40,16 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 # ── service ────────────────────────────────────────────────────────────────────────────────────
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          stop_jobs: Annotated[bool, typer.Option("--stop-jobs", help="on exit, cancel live jobs and stop the "
+                                                  "local Ray head (by default they run on)")] = False) -> None:
     """Run the API (and, with no FLYWHEEL_RAY_ADDRESS, a local Ray head)."""
     import uvicorn
 
     from service.core.config import Settings
     from service.main import create_app
 
-    settings = Settings(host=host, port=port)
+    settings = Settings(host=host, port=port, **({"stop_jobs_on_exit": True} if stop_jobs else {}))
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
 
 

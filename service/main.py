@@ -1,7 +1,9 @@
 """The FastAPI app. `create_app(settings)` builds it; `flywheel serve` runs it with uvicorn.
 
-On start it migrates the store, connects to Ray (starting a local head when no address is set),
-reconciles every live job with Ray, and runs the scheduler; on shutdown it stops what it started.
+On start it migrates the store, connects to Ray (starting a local head when no address is set, or
+adopting the one a previous run left), reconciles every live job with Ray, and runs the
+scheduler. On shutdown running jobs go on: the local head is stopped only when none is live, or
+with `flywheel serve --stop-jobs`, which cancels them first.
 This process never imports torch or a team's code: what needs them runs on the cluster
 (docs/architecture.md).
 """
@@ -42,9 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             address = head.address
         app.state.launcher = await asyncio.to_thread(RayJobsLauncher, address, PROJECT_DIR)
         app.state.checks = ClusterChecks(app.state.launcher, settings.runs_dir / "checks",
-                                         settings.max_concurrent_checks)
+                                         settings.max_concurrent_checks, settings.max_checks_per_team)
+        scheduler = Scheduler(app.state.sessions, app.state.launcher, settings)
         if settings.launch:
-            scheduler = Scheduler(app.state.sessions, app.state.launcher, settings)
             await asyncio.to_thread(scheduler.reconcile)  # before anything new starts
             task = asyncio.create_task(scheduler.run_forever())
         try:
@@ -53,18 +55,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if task is not None:
                 task.cancel()
             if head is not None:
-                await asyncio.to_thread(head.stop)
+                await asyncio.to_thread(scheduler.on_shutdown, head, settings.stop_jobs_on_exit)
             engine.dispose()
 
     app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.data_roots = [str(p.resolve()) for p in (settings.data_roots or [
+        PROJECT_DIR / "runs", PROJECT_DIR / "configs", settings.runs_dir])]
     app.state.metrics = health.ServiceMetrics()
     errors.install(app)
     for module in (jobs, report, catalog, health):
         app.include_router(module.router)
 
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+class BodyLimit:
+    """413 for a request body over `limit` bytes, whether it declares its length or streams it:
+    the body is read (up to the limit) before the app sees it, then replayed."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await errors.json_error(413, "body_too_large", self._message(), "body")(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                return await errors.json_error(413, "body_too_large", self._message(), "body")(scope, receive, send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _message(self) -> str:
+        return f"the request body is over the limit of {self.limit:,} bytes (FLYWHEEL_MAX_BODY_BYTES)"
 
 
 class RequestMetrics:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "data" / "digits.jsonl"
 DIGITS_EVAL = ROOT / "configs" / "data" / "digits_eval.jsonl"
+# Every service a test starts (in-process or `flywheel serve`) reads the project and the test
+# folders, where the tiny models and data files are written.
+os.environ.setdefault("FLYWHEEL_DATA_ROOTS", json.dumps([str(ROOT), tempfile.gettempdir()]))
 
 
 def pytest_collection_modifyitems(config, items):

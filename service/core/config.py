@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     ray_dashboard_port: int = 8265
     """Dashboard (Jobs API) port of the local Ray head the service starts."""
 
+    data_roots: list[Path] | None = None
+    """The folders a spec may name files in (models, datasets, demonstrations, reward files), as a
+    JSON list: FLYWHEEL_DATA_ROOTS='["/data", "/models"]'. Any other path is refused with one
+    message that says nothing of what exists. Unset: the project's runs/ and configs/ folders and
+    `runs_dir`."""
+
+    stop_jobs_on_exit: bool = False
+    """On a graceful stop, cancel live jobs and stop the local Ray head (`flywheel serve
+    --stop-jobs`). Off, live jobs keep running and the next start adopts them."""
+
     runs_dir: Path = Path("runs/jobs")
     """Where job folders (spec, checkpoints, exported model, wandb files) are written."""
 
@@ -44,8 +54,15 @@ class Settings(BaseSettings):
     dry_run_timeout_s: float = 600.0
     """Time limit for `POST /v1/jobs:validate?dry_run=N` (checks, model load, rollouts, scoring)."""
 
-    max_concurrent_checks: int = 2
+    max_concurrent_checks: int = 4
     """Checks this service runs on the cluster at once (each is a Python process); others wait."""
+
+    max_body_bytes: int = 1_048_576
+    """Largest request body accepted; a larger one is refused with 413 before it is parsed."""
+
+    max_checks_per_team: int = 2
+    """Validations, dry runs and reward runs one team may have running or waiting at once; more
+    are refused with 429 and Retry-After, so one team cannot hold the others up."""
 
     scheduler_interval_s: float = 1.0
     """How often queued jobs are considered for launch and live jobs are checked against Ray."""

@@ -13,8 +13,10 @@ from trainer.spec import SpecError
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers
 
 
 def not_found(what: str) -> ApiError:
@@ -28,10 +30,15 @@ def _body(code: str, message: str, field: str | None, errors: list | None = None
     return body
 
 
+def json_error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    """The error shape as a response, for code outside the exception handlers (middleware)."""
+    return JSONResponse(_body(code, message, field), status_code=status)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status)
+        return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError):
@@ -56,6 +63,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
-        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                413: "body_too_large"}.get(exc.status_code, "error")
         return JSONResponse(_body(code, str(exc.detail), None), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

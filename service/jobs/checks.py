@@ -30,21 +30,33 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "MISSING"}
 
 
 class ClusterChecks:
-    def __init__(self, launcher, work_dir: Path, max_concurrent: int = 2):
+    def __init__(self, launcher, work_dir: Path, max_concurrent: int = 4, per_team: int = 2):
         self.launcher, self.work_dir = launcher, Path(work_dir)
-        # Each check is a Python process on the cluster: bound how many one service starts at once.
+        # Each check is a Python process on the cluster: bound how many one service starts at once,
+        # and how many one team may have running or waiting, so that no team fills the queue.
         self._slots = asyncio.Semaphore(max_concurrent)
+        self.per_team = per_team
+        self._in_flight: dict[str, int] = {}
 
-    async def run(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """The check's answer. Raises SpecError (bad fields) or ApiError (anything else)."""
-        async with self._slots:
-            folder = (self.work_dir / new_id("check")).resolve()
-            folder.mkdir(parents=True)
-            try:
-                (folder / "request.json").write_text(json.dumps(request))
-                result = await self._await(folder, timeout_s)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+    async def run(self, request: dict[str, Any], timeout_s: float, team: str) -> dict[str, Any]:
+        """The check's answer. Raises SpecError (bad fields) or ApiError (anything else; 429 when
+        `team` already has `per_team` checks running or waiting)."""
+        if self._in_flight.get(team, 0) >= self.per_team:
+            raise ApiError(429, "too_many_checks", f"this team already has {self.per_team} validations, dry runs "
+                           "or reward runs in progress; retry when one has finished", None,
+                           headers={"Retry-After": str(max(1, round(timeout_s / 10)))})
+        self._in_flight[team] = self._in_flight.get(team, 0) + 1
+        try:
+            async with self._slots:
+                folder = (self.work_dir / new_id("check")).resolve()
+                folder.mkdir(parents=True)
+                try:
+                    (folder / "request.json").write_text(json.dumps(request))
+                    result = await self._await(folder, timeout_s)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self._in_flight[team] -= 1
         if "spec_errors" in result:
             raise SpecError(result["spec_errors"])
         if "error" in result:

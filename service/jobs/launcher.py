@@ -2,9 +2,10 @@
 service, and the checks of `service.jobs.checks`, so team code never runs in the API process.
 
 With no Ray address configured, `LocalRayHead` starts a Ray head on loopback with token
-authentication (Ray 2.60 refuses Jobs API calls without it) and stops it on shutdown. The head
-and everything it runs get the service's environment *without* its `FLYWHEEL_*` settings, so no
-job or check sees the database URL.
+authentication (Ray 2.60 refuses Jobs API calls without it), in a temp directory of its own, and
+stops it on shutdown by ending its own processes only: never `ray stop`, which ends every Ray
+cluster of the user on the machine. The head and everything it runs get the service's
+environment *without* its `FLYWHEEL_*` settings, so no job or check sees the database URL.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -52,15 +55,23 @@ def ray_auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-class LocalRayHead:
-    """A Ray head on 127.0.0.1 for the service's own use."""
+class RayHeadError(RuntimeError):
+    """`ray start` failed; the message is Ray's own."""
 
-    def __init__(self, dashboard_port: int = 8265):
+
+class LocalRayHead:
+    """A Ray head on 127.0.0.1 for the service's own use, in its own temp directory (one per
+    dashboard port), so that its processes can be told from any other Ray on the machine."""
+
+    def __init__(self, dashboard_port: int = 8265, temp_dir: Path | None = None):
         self.dashboard_port = dashboard_port
         self.address = f"http://127.0.0.1:{dashboard_port}"
+        # Ray's socket paths live under it and must stay short: keep it in /tmp, not the runs folder.
+        self.temp_dir = temp_dir or Path(tempfile.gettempdir()) / f"flywheel-ray-{dashboard_port}"
 
     def running(self) -> bool:
-        """Whether a head already answers on our dashboard port (left by a service that was killed)."""
+        """Whether a head already answers on our dashboard port (left by a service that was killed,
+        or stopped while jobs were still running)."""
         import httpx
 
         try:
@@ -79,12 +90,42 @@ class LocalRayHead:
         agent_ports = [f"--{name}={free_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
             "metrics-export-port", "ray-client-server-port")]
-        subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                        *agent_ports, "--disable-usage-stats"], env=env, check=True, capture_output=True)
+        done = subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
+                               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                               "--temp-dir", str(self.temp_dir), *agent_ports, "--disable-usage-stats"],
+                              env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RayHeadError(f"the local Ray head did not start (ray start exited {done.returncode}):\n"
+                               + (done.stderr or done.stdout).strip())
 
-    def stop(self) -> None:
-        subprocess.run([_ray_bin(), "stop", "--force"], env=cluster_env(), capture_output=True)
+    def processes(self) -> list[psutil.Process]:
+        """This head's processes: those started with our temp directory, and their children."""
+        marker = str(self.temp_dir)
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(marker in arg for arg in proc.info["cmdline"] or []):
+                try:
+                    for p in [proc, *proc.children(recursive=True)]:
+                        found[p.pid] = p
+                except psutil.NoSuchProcess:
+                    continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """End this head's processes (SIGTERM, then SIGKILL after `grace_s`); no other Ray's."""
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 AGENT_WAIT_S = 60

@@ -7,18 +7,35 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.core.errors import ApiError
 from service.core.states import LIVE, JobState, check_transition
 from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric, Team, new_id, now
 from trainer.spec import JobSpec
 
 
+def _same_request(job: Job, spec: JobSpec, priority: int) -> bool:
+    stored = {k: v for k, v in job.spec.items() if k != "output_dir"}
+    sent = {k: v for k, v in spec.model_dump(mode="json").items() if k != "output_dir"}
+    return stored == sent and job.priority == priority
+
+
+def _replay(existing: Job, spec: JobSpec, priority: int) -> tuple[Job, bool]:
+    # As the IETF idempotency-key draft has it: the same key with another payload is an error,
+    # not a silent answer about the first request.
+    if not _same_request(existing, spec, priority):
+        raise ApiError(422, "idempotency_key_reused", f"this Idempotency-Key was used for job {existing.id} with a "
+                       "different request body; send a new key for a new job", "Idempotency-Key")
+    return existing, False
+
+
 def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, priority: int = 0,
                idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Persist a queued job; with an Idempotency-Key already used by this team, return that job."""
+    """Persist a queued job; with an Idempotency-Key already used by this team for the same
+    request, return that job (for another request, a 422)."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return existing, False
+            return _replay(existing, spec, priority)
     job_id = new_id("job")
     spec = spec.model_copy(update={"output_dir": f"{runs_dir}/{job_id}"})
     job = Job(id=job_id, team_id=team.id, name=spec.name, state=JobState.queued, priority=priority,
@@ -31,7 +48,7 @@ def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, prior
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
         existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
-        return existing, False
+        return _replay(existing, spec, priority)
     return job, True
 
 

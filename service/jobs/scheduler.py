@@ -72,6 +72,23 @@ class Scheduler:
                 session.commit()
                 live += 1
 
+    def on_shutdown(self, head, stop_jobs: bool) -> None:
+        """The service is stopping. Jobs outlive it: with any live, the local head stays up (they
+        report into their buffer, and the next start adopts the head and reconciles them);
+        `stop_jobs` cancels them first. With none, the head is stopped."""
+        with self.sessions() as session:
+            live = session.scalars(select(Job).where(Job.state.in_([s.value for s in LIVE]))).all()
+            if live and not stop_jobs:
+                log.warning("leaving the local Ray head at %s running for %d live job(s); the next start "
+                            "adopts it (flywheel serve --stop-jobs ends them instead)", head.address, len(live))
+                return
+            for job in live:
+                if job.ray_job_id:
+                    self.launcher.stop(job.ray_job_id)
+                logic.transition(session, job, JobState.cancelled, "cancelled: the service stopped with --stop-jobs")
+            session.commit()
+        head.stop()
+
     async def run_forever(self) -> None:
         while True:
             try:

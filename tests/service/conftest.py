@@ -31,8 +31,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """A Ray head on loopback, started as the service starts its own. `ray stop` ends every Ray
-    process on the machine, so the service tests run after the integration tests (in-process Ray)."""
+    """A Ray head on loopback, started as the service starts its own (its processes are its own:
+    stopping it leaves the integration tests' in-process Ray alone, and that one is shut down
+    here only so that two clusters do not share these two cores)."""
     import ray
 
     from service.jobs.launcher import LocalRayHead

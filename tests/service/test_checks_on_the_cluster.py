@@ -104,17 +104,20 @@ def test_reward_modules_load_on_the_cluster_without_the_services_settings(tiny_m
 
 
 def test_a_module_that_hangs_on_import_costs_only_its_request(tiny_model, tmp_path, ray_head):
+    """50 concurrent validations of one team's spec whose module hangs: the team's first two run
+    into the time limit, the rest are refused at once with 429, and /healthz never waits."""
     reward = tmp_path / "sleeps_on_import.py"
     reward.write_text(SLEEPING_REWARD)
-    server = Server(tmp_path, ray_head, check_timeout_s=8)
-    answer = {}
+    server = Server(tmp_path, ray_head, check_timeout_s=8, max_checks_per_team=2)
+    answers: list[httpx.Response] = []
     try:
-        thread = threading.Thread(target=lambda: answer.update(
-            response=server.client.post("/v1/jobs:validate", json=job(tiny_model, reward))))
+        threads = [threading.Thread(target=lambda: answers.append(
+            server.client.post("/v1/jobs:validate", json=job(tiny_model, reward)))) for _ in range(50)]
         started = time.monotonic()
-        thread.start()
+        for thread in threads:
+            thread.start()
         latencies = []
-        while thread.is_alive():
+        while any(t.is_alive() for t in threads):
             t0 = time.perf_counter()
             assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
             latencies.append(time.perf_counter() - t0)
@@ -123,8 +126,12 @@ def test_a_module_that_hangs_on_import_costs_only_its_request(tiny_model, tmp_pa
     finally:
         server.stop()
     assert len(latencies) >= 20 and max(latencies) < 0.1, latencies
-    response = answer["response"]
-    assert response.status_code == 422 and 8 <= waited < 60
-    error = response.json()["error"]
-    assert error["code"] == "check_timeout" and error["field"] == "rewards.0.import_path"
-    assert "sleeps_on_import.py:score" in error["message"] and "8 s" in error["message"]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(refused) == 48 and all(int(a.headers["Retry-After"]) >= 1 for a in refused)
+    assert {a.json()["error"]["code"] for a in refused} == {"too_many_checks"}
+    timed_out = [a for a in answers if a.status_code == 422]
+    assert len(timed_out) == 2 and 8 <= waited < 60
+    for response in timed_out:
+        error = response.json()["error"]
+        assert error["code"] == "check_timeout" and error["field"] == "rewards.0.import_path"
+        assert "sleeps_on_import.py:score" in error["message"] and "8 s" in error["message"]

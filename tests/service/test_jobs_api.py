@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import DIGITS
+from tests.conftest import DIGITS, ROOT
 from tests.service.conftest import auth
 
 
@@ -35,11 +35,16 @@ def test_create_get_list_and_queue_positions(client, alice, spec):
     assert client.get("/v1/jobs", params={"state": "running"}, headers=alice).json()["total"] == 0
 
 
-def test_idempotency_key_returns_the_same_job(client, alice, spec):
+def test_idempotency_key_returns_the_same_job_and_refuses_another_body(client, alice, spec):
     headers = {**alice, "Idempotency-Key": "abc"}
     a = client.post("/v1/jobs", json=spec, headers=headers)
-    b = client.post("/v1/jobs", json={**spec, "name": "other"}, headers=headers)
+    b = client.post("/v1/jobs", json=spec, headers=headers)
     assert (a.status_code, b.status_code) == (201, 200) and a.json()["id"] == b.json()["id"]
+    other = client.post("/v1/jobs", json={**spec, "name": "other"}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert other.json()["error"]["field"] == "Idempotency-Key" and a.json()["id"] in other.json()["error"]["message"]
+    assert client.post("/v1/jobs", json=spec, params={"priority": 3}, headers=headers).status_code == 422
     assert client.get("/v1/jobs", headers=alice).json()["total"] == 1
 
 
@@ -81,8 +86,9 @@ def test_cancel_then_illegal_transition_is_409(client, alice, spec):
     (lambda s: {**s, "rewards": [{"name": "resolvd"}]}, "rewards.0.name", "unknown reward module 'resolvd'"),
     (lambda s: {**s, "environment": {"name": "chess"}}, "environment.name", "valid names: dataset"),
     (lambda s: {**s, "schedule": {"steps": -2}}, "schedule.steps", "greater than or equal to 1"),
-    (lambda s: {**s, "model": {"path": "/no/such/model"}}, "model.path", "no such model folder"),
-    (lambda s: {**s, "environment": {"config": {"train": "/no/data.jsonl"}}}, "environment.config.train", "no such file"),
+    (lambda s: {**s, "model": {"path": str(ROOT / "runs" / "no-such-model")}}, "model.path", "no such model folder"),
+    (lambda s: {**s, "environment": {"config": {"train": str(ROOT / "runs" / "no-data.jsonl")}}},
+     "environment.config.train", "no such file"),
     (lambda s: {**s, "algorithm": {"type": "grpo", "group_size": 1}}, "algorithm.group_size", "greater than or equal to 2"),
 ])
 def test_bad_specs_get_the_json_error_naming_the_field(client, alice, spec, mutate, field, fragment):
@@ -90,6 +96,22 @@ def test_bad_specs_get_the_json_error_naming_the_field(client, alice, spec, muta
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "invalid_spec" and err["field"] == field and fragment in err["message"]
+
+
+def test_paths_outside_the_data_roots_get_one_answer_whatever_exists(client, alice, spec):
+    """/etc/passwd exists and /etc/no-such-file does not: the service says the same of both, and
+    the same for a model folder, demonstrations or a reward file out there."""
+    answers = set()
+    for path in ("/etc/passwd", "/etc/no-such-file", "/etc"):
+        r = client.post("/v1/jobs:validate", json={**spec, "environment": {"name": "dataset", "config": {
+            "train": path}}}, headers=alice)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "environment.config.train"
+        answers.add(r.json()["error"]["message"])
+    assert len(answers) == 1 and "data roots" in answers.pop()
+    r = client.post("/v1/jobs:validate", json={**spec, "model": {"path": "/usr"},
+                                                "rewards": [{"import_path": "/etc/reward.py:fn"}]}, headers=alice)
+    fields = {e["field"] for e in r.json()["error"]["errors"]}
+    assert fields == {"model.path", "rewards.0.import_path"}
 
 
 def test_malformed_json_is_a_422_naming_the_body(client, alice):

@@ -43,6 +43,14 @@ def test_missing_file_names_the_field(tmp_path):
     assert err.value.field == "train" and "no such file" in str(err.value)
 
 
+def test_a_folder_that_is_no_datasets_folder_is_named_not_crashed_on(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    with pytest.raises(EnvironmentConfigError) as err:
+        build("dataset", {"train": str(tmp_path / "etc")})
+    assert err.value.field == "train" and "not a `datasets` folder" in str(err.value)
+
+
 def test_bad_json_line_names_the_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "ok"}\n{"prompt": \n')

@@ -58,3 +58,23 @@ def test_cli_refuses_a_bad_run_file_with_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "trainer.run", str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
     assert f"invalid {bad}" in out.stderr and "model.path: no such model folder" in out.stderr
+
+
+def test_data_roots_refuse_every_named_path_outside_them_and_follow_symlinks(tmp_path):
+    from trainer.checks.preflight import check_data_roots, named_paths
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "escape").symlink_to("/etc")
+    s = spec(root / "model", environment={"config": {"train": str(root / "escape" / "passwd"),
+                                                     "eval": str(root / "eval.jsonl")}},
+             rewards=[{"import_path": "/srv/team/reward.py:score"}, {"import_path": "tests.fixtures.trl_rewards:x"}],
+             warm_start={"data": "/etc/shadow"})
+    assert set(named_paths(s)) == {"model.path", "environment.config.train", "environment.config.eval",
+                                   "rewards.0.import_path", "warm_start.data"}
+    with pytest.raises(SpecError) as err:
+        check_data_roots(s, [str(root)])
+    refused = {e["field"]: e["message"] for e in err.value.errors}
+    assert set(refused) == {"environment.config.train", "rewards.0.import_path", "warm_start.data"}
+    assert len(set(refused.values())) == 1
+    check_data_roots(spec(root / "model"), [str(root), str(DIGITS.parent)])  # all inside: no error

@@ -81,6 +81,17 @@ def test_hanging_module_times_out_and_is_recorded():
     assert result.failed == [True] * 4 and "timed out after 0.3 s" in result.failures[0].error
 
 
+def test_an_exponential_regex_is_stopped_and_recorded_as_failed():
+    # (a|aa)+$ backtracks exponentially on a run of a's that ends in something else.
+    completions = ["a" * 40 + "!"] * 4
+    for match_s, module_s, error in ((0.3, 5.0, "TimeoutError"), (30.0, 0.5, "timed out after 0.5 s")):
+        module = load("regex", config={"pattern": "(a|aa)+$", "match_timeout_s": match_s}, timeout_s=module_s)
+        start = time.perf_counter()
+        result = score([module], PROMPTS, completions, IDS, {})
+        assert time.perf_counter() - start < 3, match_s  # the engine lets go of the GIL: the limit fires
+        assert result.failed == [True] * 4 and error in result.failures[0].error, result.failures[0].error
+
+
 def test_wrong_length_and_nan_are_failures_not_scores(tmp_path):
     (tmp_path / "odd.py").write_text(
         "def short(completions, **kw):\n    return [1.0]\n"

@@ -1,7 +1,8 @@
 """`python -m trainer.checks FOLDER`: one check, run on the cluster for the control plane.
 
 FOLDER/request.json is one of
-    {"kind": "preflight", "spec": {...}, "dry_run": N}      the spec's checks, then (N > 0) a dry run
+    {"kind": "preflight", "spec": {...}, "dry_run": N,      the spec's checks, then (N > 0) a dry run;
+     "data_roots": [...]}                                    every path the spec names must be under one
     {"kind": "score", "name": ..., "config": {...}, "timeout_s": ..., "prompts": [...],
      "completions": [...], "columns": {...}}                 one reward module on given samples
 Before each step the check writes FOLDER/progress.json ({field, what}); at the end it writes
@@ -26,11 +27,13 @@ def _write(path: Path, value: dict[str, Any]) -> None:
 
 
 def check_spec(request: dict[str, Any], progress) -> dict[str, Any]:
-    from trainer.checks.preflight import preflight
+    from trainer.checks.preflight import check_data_roots, preflight
     from trainer.spec import SpecError, parse_spec
 
     try:
         spec = parse_spec(request["spec"])
+        if request.get("data_roots") is not None:
+            check_data_roots(spec, request["data_roots"])
         env = preflight(spec, progress)
     except SpecError as exc:
         return {"spec_errors": exc.errors}

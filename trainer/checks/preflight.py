@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from environments import EnvironmentConfigError, UnknownEnvironmentError
+from environments import ENVIRONMENTS, EnvironmentConfigError, UnknownEnvironmentError, path_fields
 from environments import build as build_environment
 from rewards.base import RewardConfigError
 from rewards.registry import UnknownRewardError, load
@@ -41,6 +41,35 @@ def check_model(spec: JobSpec) -> None:
                               "expected a model folder in Hugging Face format"}])
     elif _looks_local(path):
         raise SpecError([{"field": "model.path", "message": f"no such model folder: {path}"}])
+
+
+def named_paths(spec: JobSpec) -> dict[str, str]:
+    """Every file or folder a spec asks to read, by field: the model, the demonstrations, a reward
+    module given as a file, and the environment's path fields (`DATA_PATH`)."""
+    paths = {"model.path": spec.model.path}
+    if spec.warm_start is not None:
+        paths["warm_start.data"] = spec.warm_start.data
+    for i, r in enumerate(spec.rewards):
+        target = (r.import_path or "").rpartition(":")[0]
+        if target.endswith(".py") or "/" in target:
+            paths[f"rewards.{i}.import_path"] = target
+    env = ENVIRONMENTS.get(spec.environment.name)
+    for key in path_fields(env.config_model) if env is not None else []:
+        if isinstance(spec.environment.config.get(key), str):
+            paths[f"environment.config.{key}"] = spec.environment.config[key]
+    return paths
+
+
+def check_data_roots(spec: JobSpec, roots: list[str]) -> None:
+    """Refuse any named path outside `roots` (after symlinks, relative to the working folder) with
+    one message for all of them, before anything is opened: the answer says nothing of what exists."""
+    allowed = [Path(r).expanduser().resolve() for r in roots]
+    errors = [{"field": field, "message": "not a path this service may read: data, models and reward files "
+               "must lie under the data roots its operator set (FLYWHEEL_DATA_ROOTS)"}
+              for field, path in named_paths(spec).items()
+              if not any(Path(path).expanduser().resolve().is_relative_to(root) for root in allowed)]
+    if errors:
+        raise SpecError(errors)
 
 
 def preflight(spec: JobSpec, progress: Progress = _silent):

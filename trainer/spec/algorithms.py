@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 
 def _tis_cap(value: object) -> float | str | None:
@@ -24,29 +24,38 @@ TISCap = Annotated[float | Literal["auto"] | None,
 
 class StrictModel(BaseModel):
     """Every section of the job spec: unknown keys are refused, so a typo or a knob of another
-    algorithm is named, not ignored."""
+    algorithm is named, not ignored; numbers are finite (every field is bounded too, so any value
+    fits a 64-bit column); names and paths hold no control characters (a NUL byte in a path
+    breaks every file call)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a control character (NUL, newline, ...) is not allowed here")
+        return value
 
 
 class _PolicyGradient(StrictModel):
-    group_size: int = Field(default=8, ge=2)
+    group_size: int = Field(default=8, ge=2, le=1024)
     """Completions sampled per prompt. A group of one has no baseline, hence >= 2."""
 
     clip_eps_low: float = Field(default=0.2, gt=0, lt=1)
     """Lower clip of the importance ratio: ratio >= 1 - clip_eps_low."""
 
-    clip_eps_high: float = Field(default=0.2, gt=0)
+    clip_eps_high: float = Field(default=0.2, gt=0, le=100)
     """Upper clip of the ratio: ratio <= 1 + clip_eps_high (DAPO's clip-higher uses 0.28)."""
 
     loss_agg: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
     """How per-token losses are reduced: over all tokens of the batch, per sequence then over
     sequences (original GRPO), or divided by a constant (Dr. GRPO)."""
 
-    loss_constant: int | None = Field(default=None, gt=0)
+    loss_constant: int | None = Field(default=None, gt=0, le=2**31 - 1)
     """Normaliser for `loss_agg = "constant"`; defaults to `rollout.max_new_tokens`."""
 
-    kl_beta: float = Field(default=0.0, ge=0)
+    kl_beta: float = Field(default=0.0, ge=0, le=1e6)
     """Weight of the k3 KL penalty against the frozen reference (the base model). 0 turns it off
     and no reference model is loaded."""
 
@@ -97,7 +106,7 @@ class ReinforcePPSpec(_PolicyGradient):
     the group mean is subtracted first (REINFORCE++-baseline)."""
 
     type: Literal["reinforce_pp"] = "reinforce_pp"
-    group_size: int = Field(default=4, ge=1)
+    group_size: int = Field(default=4, ge=1, le=1024)
     """Completions per prompt; 1 is allowed (the batch, not the group, is the baseline), but
     `baseline = true` needs at least 2."""
 
@@ -116,7 +125,7 @@ class DAPOSpec(_PolicyGradient):
     shaping and filtering of truncated completions."""
 
     type: Literal["dapo"] = "dapo"
-    clip_eps_high: float = Field(default=0.28, gt=0)
+    clip_eps_high: float = Field(default=0.28, gt=0, le=100)
     """Upper clip of the ratio (clip-higher)."""
 
     loss_agg: Literal["token_mean"] = "token_mean"
@@ -125,14 +134,14 @@ class DAPOSpec(_PolicyGradient):
     dynamic_sampling: bool = True
     """Drop groups whose rewards all tie and roll out more prompts until the batch is full."""
 
-    max_sampling_rounds: int = Field(default=3, ge=1)
+    max_sampling_rounds: int = Field(default=3, ge=1, le=100)
     """Rollout rounds per step at most; a batch still short after them is topped up with tied
     groups (which get zero advantage) and the shortfall is logged."""
 
-    overlong_buffer: int = Field(default=0, ge=0)
+    overlong_buffer: int = Field(default=0, ge=0, le=131_072)
     """Soft overlong punishment over the last N tokens of `rollout.max_new_tokens` (0: off)."""
 
-    overlong_penalty: float = Field(default=1.0, ge=0)
+    overlong_penalty: float = Field(default=1.0, ge=0, le=1e6)
     """The punishment at the token limit."""
 
     filter_truncated: bool = True
@@ -147,7 +156,7 @@ class GSPOSpec(_PolicyGradient):
     clip_eps_low: float = Field(default=3e-4, gt=0, lt=1)
     """Lower clip of the sequence ratio (the paper uses 3e-4)."""
 
-    clip_eps_high: float = Field(default=4e-4, gt=0)
+    clip_eps_high: float = Field(default=4e-4, gt=0, le=100)
     """Upper clip of the sequence ratio (the paper uses 4e-4)."""
 
     loss_agg: Literal["sequence_mean"] = "sequence_mean"
@@ -163,7 +172,7 @@ class PPOSpec(_PolicyGradient):
     per rollout batch; KL to the reference as a per-token reward penalty or as a loss term."""
 
     type: Literal["ppo"] = "ppo"
-    group_size: int = Field(default=1, ge=1)
+    group_size: int = Field(default=1, ge=1, le=1024)
     """Completions per prompt (the critic is the baseline, so 1 is enough)."""
 
     gamma: float = Field(default=1.0, ge=0, le=1)
@@ -172,29 +181,29 @@ class PPOSpec(_PolicyGradient):
     lam: float = Field(default=0.95, ge=0, le=1)
     """GAE's lambda: 0 is one-step TD, 1 is the Monte-Carlo return."""
 
-    ppo_epochs: int = Field(default=2, ge=1)
+    ppo_epochs: int = Field(default=2, ge=1, le=1000)
     """Passes over each rollout batch."""
 
-    mini_batches: int = Field(default=2, ge=1)
+    mini_batches: int = Field(default=2, ge=1, le=65_536)
     """Optimizer steps per pass (the batch is split into this many mini-batches)."""
 
-    value_clip: float = Field(default=0.2, gt=0)
+    value_clip: float = Field(default=0.2, gt=0, le=1e6)
     """How far a value may move from its rollout-time estimate before the loss stops pulling."""
 
-    critic_lr: float = Field(default=1e-5, gt=0)
+    critic_lr: float = Field(default=1e-5, gt=0, le=1)
     """The critic's learning rate."""
 
-    critic_ranks: int | None = Field(default=None, ge=1)
+    critic_ranks: int | None = Field(default=None, ge=1, le=1024)
     """DeepSpeed ranks of the critic; default: as many as `learner.ranks`."""
 
     kl_mode: Literal["reward", "loss"] = "reward"
     """KL against the reference as a per-token reward penalty (k1, InstructGPT) or as a k3 loss
     term (as GRPO does). Only with `kl_beta > 0`."""
 
-    kl_target: float | None = Field(default=None, gt=0)
+    kl_target: float | None = Field(default=None, gt=0, le=1e6)
     """With `kl_mode = "reward"`: adapt the coefficient towards this KL per token (None: fixed)."""
 
-    kl_horizon: int = Field(default=10000, ge=1)
+    kl_horizon: int = Field(default=10000, ge=1, le=2**31 - 1)
     """Samples over which the adaptive coefficient moves by at most 20 %."""
 
     @property

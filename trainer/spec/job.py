@@ -41,13 +41,13 @@ class RewardSpec(StrictModel):
     import_path: str | None = None
     """Ad-hoc reward function, `package.module:function` or `path/to/file.py:function`."""
 
-    weight: float = 1.0
+    weight: float = Field(default=1.0, ge=-1e6, le=1e6)
     """Weight of this module in the summed reward."""
 
     config: dict[str, Any] = Field(default_factory=dict)
     """Parameters for a module that declares a config model."""
 
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Time limit for one batched call; past it the batch's samples are marked failed."""
 
     @model_validator(mode="after")
@@ -67,10 +67,10 @@ class RewardSpec(StrictModel):
 class VLLMSpec(StrictModel):
     """Settings of the vLLM engine (`rollout.engine = "vllm"`); the defaults run on a 2-core machine."""
 
-    kv_cache_gb: float = Field(default=1.0, gt=0)
+    kv_cache_gb: float = Field(default=1.0, gt=0, le=1024)
     """KV-cache size per engine, in GiB."""
 
-    max_model_len: int | None = Field(default=None, ge=16)
+    max_model_len: int | None = Field(default=None, ge=16, le=1_048_576)
     """Longest sequence (prompt and completion, or a whole episode) the engine accepts; None: the
     model's own limit."""
 
@@ -107,63 +107,63 @@ class RolloutSpec(StrictModel):
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
     """The vLLM engine's settings (only read with `engine = "vllm"`)."""
 
-    workers: int = Field(default=2, ge=1)
+    workers: int = Field(default=2, ge=1, le=1024)
     """Rollout worker actors; prompts are split evenly across them."""
 
-    prompts_per_step: int = Field(default=4, ge=1)
+    prompts_per_step: int = Field(default=4, ge=1, le=65_536)
     """Tasks sampled per training step; each yields `algorithm.group_size` completions."""
 
-    max_new_tokens: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=16, ge=1, le=131_072)
     """Token budget per completion."""
 
-    temperature: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=1.0, ge=0.01, le=100)
     """Sampling temperature; the learner divides its logits by the same value."""
 
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling mass."""
 
-    num_cpus: float = Field(default=0.4, gt=0)
+    num_cpus: float = Field(default=0.4, gt=0, le=1024)
     """Ray CPUs each worker reserves (fractional, so small machines fit every actor)."""
 
 
 class LearnerSpec(StrictModel):
-    ranks: int = Field(default=2, ge=1)
+    ranks: int = Field(default=2, ge=1, le=1024)
     """DeepSpeed data-parallel ranks (one Ray actor each)."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage."""
 
-    lr: float = Field(default=1e-5, gt=0)
+    lr: float = Field(default=1e-5, gt=0, le=1)
     """AdamW learning rate."""
 
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
     """AdamW weight decay."""
 
-    micro_batch: int = Field(default=8, ge=1)
+    micro_batch: int = Field(default=8, ge=1, le=65_536)
     """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
 
-    grad_clip: float = Field(default=1.0, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0, le=1e6)
     """Global gradient-norm clip."""
 
-    num_cpus: float = Field(default=0.4, gt=0)
+    num_cpus: float = Field(default=0.4, gt=0, le=1024)
     """Ray CPUs each rank reserves."""
 
 
 class ScheduleSpec(StrictModel):
-    steps: int = Field(default=20, ge=1)
+    steps: int = Field(default=20, ge=1, le=10_000_000)
     """Training steps (one rollout batch and one optimizer step each)."""
 
-    checkpoint_interval: int = Field(default=10, ge=0)
+    checkpoint_interval: int = Field(default=10, ge=0, le=10_000_000)
     """Save a resumable checkpoint every N steps (and at the end); 0 saves only at the end."""
 
-    eval_interval: int = Field(default=0, ge=0)
+    eval_interval: int = Field(default=0, ge=0, le=10_000_000)
     """Run evaluation every N steps; 0 turns periodic evaluation off."""
 
     eval_before_after: bool = True
     """Evaluate before the first RL step (after any warm start) and after the last; the two are
     the job's result. Needs an environment with an eval split."""
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Seed for data order and sampling; a resumed run continues the same streams."""
 
 
@@ -172,10 +172,10 @@ class WarmStartSpec(StrictModel):
     """Demonstration conversations: JSONL, one `{"messages": [...]}` chat per line. The model is
     trained on the assistant turns only; the system, user and tool messages are context."""
 
-    epochs: float = Field(default=1.0, gt=0)
+    epochs: float = Field(default=1.0, gt=0, le=10_000)
     """Passes over the demonstrations (fractions allowed)."""
 
-    lr: float = Field(default=1e-4, gt=0)
+    lr: float = Field(default=1e-4, gt=0, le=1)
     """Learning rate of the supervised stage (the RL stage then uses `learner.lr`)."""
 
 
@@ -197,7 +197,7 @@ class JobSpec(StrictModel):
     environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
     """Where tasks come from and, for multi-turn work, who answers the policy."""
 
-    rewards: list[RewardSpec] = Field(min_length=1)
+    rewards: list[RewardSpec] = Field(min_length=1, max_length=32)
     """Reward modules, summed with their weights; each component is logged."""
 
     reward_failure_threshold: float = Field(default=0.25, ge=0, le=1)

@@ -29,7 +29,7 @@ async def run_reward(request: Request, name: str, body: ScoreRequest, team: Team
     if len(body.prompts) != len(body.completions):
         raise ApiError(422, "invalid_request", "prompts and completions must have the same length", "completions")
     return await checks.run({"kind": "score", "name": name, **body.model_dump()},
-                            request.app.state.settings.check_timeout_s + body.timeout_s)
+                            request.app.state.settings.check_timeout_s + body.timeout_s, team.id)
 
 
 @router.get("/environments")

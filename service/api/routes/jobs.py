@@ -32,16 +32,22 @@ def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOu
 
 
 SpecBody = Annotated[dict[str, Any], Body(description="a job spec (trainer/spec/job.py)")]
+INT64 = 2**63 - 1
+"""Bound on every integer the store keeps or compares (SQLite and Postgres BIGINT)."""
+Priority = Annotated[int, Query(ge=-1000, le=1000, description="higher runs first")]
+Cursor = Annotated[int, Query(ge=0, le=INT64)]
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                                              description="printable ASCII, up to 200 characters")]
 
 
 @router.post("", status_code=201, response_model=JobOut)
 async def create(request: Request, response: Response, session: SessionDep, team: TeamDep, checks: ChecksDep,
-                 spec: SpecBody, priority: int = 0,
-                 idempotency_key: Annotated[str | None, Header()] = None) -> JobOut:
+                 spec: SpecBody, priority: Priority = 0, idempotency_key: IdempotencyKey = None) -> JobOut:
     """Validate the spec (its schema here, its code and data on the cluster), persist it, queue it."""
     valid = parse_spec(spec)
-    await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json")},
-                     request.app.state.settings.check_timeout_s)
+    await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"),
+                      "data_roots": request.app.state.data_roots},
+                     request.app.state.settings.check_timeout_s, team.id)
     job, created = await run_in_threadpool(logic.create_job, session, team, valid,
                                            str(request.app.state.settings.runs_dir), priority, idempotency_key)
     if not created:
@@ -59,14 +65,15 @@ async def validate(request: Request, team: TeamDep, checks: ChecksDep, spec: Spe
     Everything but the schema runs on the cluster."""
     valid = parse_spec(spec)
     settings = request.app.state.settings
-    result = await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "dry_run": dry_run},
-                              settings.dry_run_timeout_s if dry_run else settings.check_timeout_s)
+    result = await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "dry_run": dry_run,
+                               "data_roots": request.app.state.data_roots},
+                              settings.dry_run_timeout_s if dry_run else settings.check_timeout_s, team.id)
     return {"valid": True, "spec": valid.model_dump(mode="json"), **result}
 
 
 @router.get("", response_model=JobPage)
 def list_jobs(session: SessionDep, team: TeamDep, state: JobState | None = None, name: str | None = None,
-              offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobPage:
+              offset: Cursor = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobPage:
     query = select(Job).where(Job.team_id == team.id)
     if state is not None:
         query = query.where(Job.state == state)
@@ -100,7 +107,7 @@ def _event_rows(session, job_id: str, after_id: int, limit: int) -> list[dict[st
 
 
 @router.get("/{job_id}/events")
-async def events(request: Request, session: SessionDep, job: JobDep, after: int = 0,
+async def events(request: Request, session: SessionDep, job: JobDep, after: Cursor = 0,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                  accept: Annotated[str | None, Header()] = None,
                  last_event_id: Annotated[str | None, Header()] = None):
@@ -109,7 +116,7 @@ async def events(request: Request, session: SessionDep, job: JobDep, after: int 
     if not (accept and "text/event-stream" in accept):
         rows = _event_rows(session, job.id, after, limit)
         return {"events": rows, "next_after": rows[-1]["id"] if rows else after}
-    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() and len(last_event_id) < 19 else after
     sessions, job_id = request.app.state.sessions, job.id
 
     async def stream():
@@ -131,7 +138,7 @@ async def events(request: Request, session: SessionDep, job: JobDep, after: int 
 
 
 @router.get("/{job_id}/metrics")
-def metrics(session: SessionDep, job: JobDep, after_step: int = 0,
+def metrics(session: SessionDep, job: JobDep, after_step: Cursor = 0,
             limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
     rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job.id, JobMetric.step > after_step)
                            .order_by(JobMetric.step).limit(limit)).all()
