@@ -21,9 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
-
-from trainer.actors.cluster import connect, start_actors
+from trainer.actors.cluster import connect, get_all, start_actors
 from trainer.algorithms import build_algorithm
 from trainer.checks.preflight import preflight
 from trainer.driver import checkpoint
@@ -137,7 +135,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             report_evaluation("after", state.step, evaluations["after"], tracker, reporter, echo)
         if state.step >= spec.schedule.steps:
             export_dir = spec.run_dir / "model"
-            ray.get([lr.export.remote(str(export_dir)) for lr in actors.learners])
+            get_all([lr.export.remote(str(export_dir)) for lr in actors.learners])
         tracker.summary({"steps_done": state.step})
         tracker.finish()
         reporter.send("finished", f"stopped after step {state.step}",

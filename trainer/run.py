@@ -4,7 +4,8 @@
     python -m trainer.run configs/demo.toml --set schedule.steps=5 --set learner.ranks=1
 
 A run whose folder already holds a checkpoint resumes from it. Exit status: 0 on success, 2 for
-an invalid spec, 1 for a failed run.
+an invalid spec, 3 when the cluster failed under the run (an actor or node died: the control
+plane may restart it from its checkpoint, `schedule.max_restarts`), 1 for any other failure.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import os
 import sys
 
 from trainer.spec import SpecError, load_spec, parse_overrides
+
+EXIT_CLUSTER_FAILURE = 3
+CLUSTER_FAILURE = "the cluster failed under the run"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.driver.reporting import HttpReporter
 
         reporter = HttpReporter(args.report_url, args.job_id, os.environ["FLYWHEEL_REPORT_TOKEN"])
+    import ray.exceptions
+
+    # What a dead actor, worker process or node raises in the driver: the run itself was sound.
+    cluster_failures = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
     try:
         result = train(spec, stop_after=args.stop_after, reporter=reporter)
     except SpecError as exc:
         print(str(exc).replace("invalid spec", f"invalid {args.config}", 1), file=sys.stderr)
         return 2
+    except cluster_failures as exc:
+        print(f"{CLUSTER_FAILURE}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CLUSTER_FAILURE
     finally:
         if reporter is not None:
             reporter.close()

@@ -27,8 +27,9 @@ LIVE = {JobState.starting, JobState.running}
 
 ALLOWED: dict[JobState, set[JobState]] = {
     JobState.queued: {JobState.starting, JobState.failed, JobState.cancelled},
-    JobState.starting: {JobState.running, JobState.succeeded, JobState.failed, JobState.cancelled},
-    JobState.running: {JobState.succeeded, JobState.failed, JobState.cancelled},
+    # Back to queued: restarted from its checkpoint after an infrastructure failure.
+    JobState.starting: {JobState.running, JobState.succeeded, JobState.failed, JobState.cancelled, JobState.queued},
+    JobState.running: {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.queued},
     JobState.succeeded: set(),
     JobState.failed: set(),
     JobState.cancelled: set(),

@@ -94,6 +94,10 @@ class Job(Base):
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """Evaluations by phase: `before` (after any warm start, before RL) and `after` (the end)."""
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Times the job was restarted from its checkpoint after an infrastructure failure."""
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    """A restarted job waits in the queue until then (the backoff)."""
     wandb: Mapped[str | None] = mapped_column(String(500), nullable=True)
     run_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=now, index=True)

@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from datetime import timedelta
 
 from sqlalchemy import select
 
 from service.core.auth import new_job_token
 from service.core.states import LIVE, JobState
-from service.core.store import Job, Team
+from service.core.store import Job, Team, now
 from service.jobs import logic
 
 log = logging.getLogger("flywheel.scheduler")
 
 RAY_TERMINAL = {"SUCCEEDED": JobState.succeeded, "FAILED": JobState.failed, "STOPPED": JobState.cancelled}
+EXIT_CODE = re.compile(r"failed with exit code (-?\d+)")
+EXIT_CLUSTER_FAILURE = 3
+"""`python -m trainer.run`'s status when an actor or node died under it (trainer/run.py)."""
+
+
+def cluster_failure(message: str) -> bool:
+    """Whether a failed Ray job failed for the cluster's sake, not its own: the trainer said so
+    (its exit status), or the job ended with no exit status at all (its node or supervisor died)."""
+    code = EXIT_CODE.search(message)
+    return code is None or int(code.group(1)) == EXIT_CLUSTER_FAILURE
 
 
 class Scheduler:
@@ -47,8 +59,28 @@ class Scheduler:
                     error = None
                     if target == JobState.failed:
                         error = (status.message + "\n" + self.launcher.logs_tail(job.ray_job_id)).strip()
+                        if self._restart(session, job, error, status.message):
+                            session.commit()
+                            continue
                     logic.transition(session, job, target, f"Ray reports the job {status.state.lower()}", error)
                 session.commit()
+
+    def _restart(self, session, job: Job, error: str, ray_message: str) -> bool:
+        """Queue a job that the cluster failed again, to resume from its checkpoint after its
+        backoff; False when it may not (its own failure, or no restarts left)."""
+        schedule = job.spec.get("schedule", {})
+        allowed = int(schedule.get("max_restarts", 0))
+        if not cluster_failure(ray_message) or job.restarts >= allowed:
+            return False
+        job.restarts += 1
+        wait_s = float(schedule.get("restart_backoff_s", 5.0)) * 2 ** (job.restarts - 1)
+        job.not_before = now() + timedelta(seconds=wait_s)
+        reason = next((line for line in error.splitlines() if "the cluster failed" in line), error.splitlines()[0])
+        logic.add_event(session, job, "restart", f"restart {job.restarts} of {allowed}, from the last checkpoint "
+                        f"in {wait_s:g} s: {reason}", {"attempt": job.restarts, "reason": reason, "wait_s": wait_s})
+        logic.transition(session, job, JobState.queued, f"queued again for restart {job.restarts}")
+        job.ray_job_id = None
+        return True
 
     def start_queued(self) -> None:
         with self.sessions() as session:
@@ -58,6 +90,8 @@ class Scheduler:
             for job in queued:
                 if live >= self.settings.max_running_jobs:
                     return
+                if job.not_before is not None and job.not_before > now():
+                    continue  # a restart still in its backoff
                 team = session.get(Team, job.team_id)
                 if logic.live_count(session, team.id) >= team.max_concurrent_jobs:
                     continue  # this team is at its quota; later teams' jobs may still start

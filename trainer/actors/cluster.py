@@ -146,5 +146,16 @@ def start_actors(spec) -> JobActors:
     return actors
 
 
+def get_all(refs: list) -> list:
+    """`ray.get` of every ref, failing as soon as any one fails. The ranks of a DeepSpeed group
+    wait for each other in collectives: when one dies, the others block until gloo's or NCCL's
+    timeout (30 minutes), and a plain `ray.get` of the list would wait for them that long."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)  # raises now if that rank failed
+    return ray.get(refs)
+
+
 def _cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0

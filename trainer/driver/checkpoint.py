@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import ray
+from trainer.actors.cluster import get_all
 
 LATEST = "latest.json"
 
@@ -34,7 +34,7 @@ def save(learners, directory: Path, state: LoopState, critics=()) -> Path:
     """Save every rank's DeepSpeed state (and the critic's), then the loop state, then mark it
     complete."""
     tag = f"step_{state.step}"
-    ray.get([learner.save_checkpoint.remote(str(directory), tag) for learner in learners]
+    get_all([learner.save_checkpoint.remote(str(directory), tag) for learner in learners]
             + [critic.save_checkpoint.remote(str(directory / CRITIC), tag) for critic in critics])
     (directory / tag / "loop_state.json").write_text(json.dumps(asdict(state), indent=2))
     tmp = directory / f".{LATEST}.tmp"
@@ -54,5 +54,5 @@ def latest(directory: Path) -> tuple[str, LoopState] | None:
 
 
 def restore(learners, directory: Path, tag: str, critics=()) -> None:
-    ray.get([learner.load_checkpoint.remote(str(directory), tag) for learner in learners]
+    get_all([learner.load_checkpoint.remote(str(directory), tag) for learner in learners]
             + [critic.load_checkpoint.remote(str(directory / CRITIC), tag) for critic in critics])

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import statistics
 
-import ray
 import torch
 
 from rewards import ScoreResult
-from trainer.actors.cluster import JobActors
+from trainer.actors.cluster import JobActors, get_all
 from trainer.algorithms import Algorithm
 from trainer.algorithms.advantages import whiten
 from trainer.algorithms.ppo import AdaptiveKL, gae, token_rewards
@@ -131,7 +130,7 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, alg
 def sharded_call(actors: list, method: str, batch: TokenBatch, *args) -> list:
     """Every rank's equal, contiguous share of `batch`, one call each; the per-rank results."""
     per = len(batch) // len(actors)
-    return ray.get([getattr(a, method).remote(batch.rows(list(range(i * per, (i + 1) * per))), *args)
+    return get_all([getattr(a, method).remote(batch.rows(list(range(i * per, (i + 1) * per))), *args)
                     for i, a in enumerate(actors)])
 
 

@@ -3,7 +3,10 @@
 Reports leave from a background thread in order. Each gets the next sequence number once, the
 first time it is sent, and keeps it through every retry, so the service stores it once however
 often the send is repeated. While the service is down the reports wait in memory and the thread
-keeps retrying; nothing is dropped. A restarted trainer asks for the last stored number first.
+keeps retrying; nothing is dropped. A restarted trainer asks for the last stored number first,
+and for the last step stored: a run resumed from an earlier checkpoint replays the steps after
+it (the same samples: every random stream is seeded by step), and their step and checkpoint
+reports, already stored, are not sent again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import time
 from typing import Any
 
 import httpx
+
+REPLAYED = ("step", "checkpoint")
+"""Reports a resumed run makes again for the steps it replays."""
 
 
 class NullReporter:
@@ -61,10 +67,14 @@ class HttpReporter:
     def _run(self) -> None:
         last = self._retrying(lambda: self.client.get(self.path))
         seq = last["last_seq"] if last else 0
+        reported_through = last.get("last_step", 0) if last else 0
         while not (self._stop.is_set() and self.pending.empty()):
             try:
                 item = self.pending.get(timeout=0.2)
             except queue.Empty:
+                continue
+            if item["kind"] in REPLAYED and (item["data"] or {}).get("step", 0) <= reported_through:
+                self.pending.task_done()
                 continue
             seq += 1
             body = {"seq": seq, **item}

@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import ray
 import torch
 
-from trainer.actors.cluster import JobActors
+from trainer.actors.cluster import JobActors, get_all
 from trainer.chat import format_prompt, reply_ids
 from trainer.driver.demonstrations import read_demonstrations
 from trainer.driver.rollout import split
@@ -39,7 +38,7 @@ def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, fl
         counts = StepCounts(num_sequences=batch, num_tokens=sum(sum(r.mask) for r in rows))
         refs = [learner.sft_step.remote(token_batch(shard), counts, ws.lr)
                 for learner, shard in zip(actors.learners, split(rows, len(actors.learners)), strict=True)]
-        losses.append(sum(s["loss"] for s in ray.get(refs)))
+        losses.append(sum(s["loss"] for s in get_all(refs)))
         if (k + 1) % max(1, steps // 10) == 0 or k + 1 == steps:
             echo(f"warm start {k + 1}/{steps}: loss {losses[-1]:.3f}")
     seconds = time.perf_counter() - t0

@@ -4,9 +4,7 @@ object store (the default), or broadcast over NCCL by vLLM's weight transfer on 
 
 from __future__ import annotations
 
-import ray
-
-from trainer.actors.cluster import JobActors
+from trainer.actors.cluster import JobActors, get_all
 
 
 def sync_weights(actors: JobActors, version: int) -> None:
@@ -16,7 +14,7 @@ def sync_weights(actors: JobActors, version: int) -> None:
     weights before its next rollout (inside `time/rollout`), and checks it holds `version` then.
     """
     if actors.weight_transfer == "nccl":  # every rank takes part (ZeRO-3 gathers); the broadcast blocks
-        ray.get([lr.send_weights.remote(version) for lr in actors.learners])
+        get_all([lr.send_weights.remote(version) for lr in actors.learners])
         actors.weights_version = version
         return
     # Under ZeRO-3 every rank takes part in gathering the weights; otherwise rank 0 has them all.

@@ -166,6 +166,14 @@ class ScheduleSpec(StrictModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Seed for data order and sampling; a resumed run continues the same streams."""
 
+    max_restarts: int = Field(default=0, ge=0, le=100)
+    """Times the control plane restarts the job from its last checkpoint after an infrastructure
+    failure (a rollout worker, learner rank or node died); past it the job fails with the reason.
+    A failure of the job's own (a bad spec, its reward modules failing) is never restarted."""
+
+    restart_backoff_s: float = Field(default=5.0, ge=0, le=3600)
+    """Wait before the first restart; each later one waits twice as long as the one before."""
+
 
 class WarmStartSpec(StrictModel):
     data: str = Field(min_length=1)

@@ -24,6 +24,8 @@ def report(body: Report, session: SessionDep, job: ReportingJobDep) -> dict[str,
 
 @router.get("")
 def last_seq(session: SessionDep, job: ReportingJobDep) -> dict[str, int]:
-    """The highest sequence number stored, so a restarted trainer continues after it."""
+    """The highest sequence number stored, so a restarted trainer continues after it, and the
+    last step stored, so a run resumed from an earlier checkpoint does not report again the
+    steps it replays."""
     top = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job.id))
-    return {"last_seq": max(top or 0, 0)}
+    return {"last_seq": max(top or 0, 0), "last_step": job.step}

@@ -1,0 +1,78 @@
+"""Fault drills: a rollout worker or a learner rank is killed (SIGKILL) in the middle of a job.
+The trainer exits as the cluster's failure, the service queues the job again after its backoff,
+and the trainer resumes from its last checkpoint: the job succeeds, the restart is an event with
+its reason, and every step is reported exactly once, the trainer's sequence numbers unbroken."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.service.conftest import Teams, auth
+from tests.service.test_service_e2e import Service, spec, wait_for
+
+pytestmark = pytest.mark.slow
+STEPS = 10
+
+
+def kill_one(actor: str) -> int:
+    """SIGKILL one of the job's actors of this class; its pid."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            title = (proc.info["cmdline"] or [""])[0]
+            if title.startswith(f"ray::{actor}"):
+                os.kill(proc.pid, signal.SIGKILL)
+                return proc.pid
+        time.sleep(0.2)
+    raise AssertionError(f"no {actor} process found")
+
+
+@pytest.mark.parametrize("actor", ["RolloutWorker", "Learner"])
+def test_a_job_whose_actor_dies_resumes_from_its_checkpoint(settings, tiny_model, actor):
+    service = Service(settings)
+    key = Teams(settings.database_url).key("alice")[0]
+    job_spec = spec(tiny_model, steps=STEPS, checkpoint_interval=2)
+    job_spec["schedule"].update(max_restarts=1, restart_backoff_s=1)
+    try:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
+            job = c.post("/v1/jobs", json=job_spec).json()
+            wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 3)
+            kill_one(actor)
+            done = wait_for(c, job["id"], lambda j: j["state"] in ("succeeded", "cancelled"), timeout=400)
+            assert done["state"] == "succeeded" and done["step"] == STEPS
+            events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["events"]
+            metrics = c.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]
+    finally:
+        service.stop()
+    restarts = [e for e in events if e["kind"] == "restart"]
+    assert len(restarts) == 1 and "restart 1 of 1" in restarts[0]["message"]
+    assert "ActorDiedError" in restarts[0]["data"]["reason"] or "RayActorError" in restarts[0]["data"]["reason"]
+    assert [e["data"]["step"] for e in events if e["kind"] == "step"] == list(range(1, STEPS + 1))
+    trainer_seqs = [e["seq"] for e in events if e["seq"] > 0]
+    assert trainer_seqs == list(range(1, len(trainer_seqs) + 1))
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+    assert [e["kind"] for e in events].count("started") == 2  # the first run and the resumed one
+
+
+def test_a_job_past_its_restarts_fails_with_the_reason(settings, tiny_model):
+    service = Service(settings)
+    key = Teams(settings.database_url).key("alice")[0]
+    job_spec = spec(tiny_model, steps=200, checkpoint_interval=2)  # max_restarts stays 0
+    try:
+        with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
+            job = c.post("/v1/jobs", json=job_spec).json()
+            wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 2)
+            kill_one("RolloutWorker")
+            deadline = time.monotonic() + 120
+            while (got := c.get(f"/v1/jobs/{job['id']}").json())["state"] != "failed":
+                assert time.monotonic() < deadline, got
+                time.sleep(0.5)
+    finally:
+        service.stop()
+    assert "the cluster failed under the run" in got["error"] and "exit code 3" in got["error"]
