@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from service.core.states import IllegalTransition
@@ -56,6 +57,14 @@ def install(app: FastAPI) -> None:
         first = rows[0]
         return JSONResponse(_body("invalid_request", f"{first['field'] or 'body'}: {first['message']}",
                                   first["field"] or None, rows), status_code=422)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _store(request: Request, exc: Exception):
+        # The database is down or restarting: a clean, retryable answer (the pool reconnects by
+        # itself once it is back; the trainers' reporters retry every 5xx).
+        return JSONResponse(_body("store_unavailable", "the store is unreachable right now; retry shortly", None),
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(IllegalTransition)
     async def _transition(request: Request, exc: IllegalTransition):

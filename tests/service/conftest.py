@@ -67,6 +67,13 @@ def app(database_url, tmp_path, ray_head):
 
 
 @pytest.fixture
+def settings(ray_head, tmp_path) -> Settings:
+    """A launching service's settings on the shared Ray head (the end-to-end and fault tests)."""
+    return Settings(database_url=f"sqlite:///{tmp_path / 'fw.db'}", port=free_port(), ray_address=ray_head,
+                    runs_dir=tmp_path / "runs", scheduler_interval_s=0.5)
+
+
+@pytest.fixture
 def client(app):
     with TestClient(app) as c:
         yield c

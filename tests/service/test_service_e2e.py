@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from tests.conftest import DIGITS, ROOT
-from tests.service.conftest import Teams, auth, free_port
+from tests.service.conftest import Teams, auth
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +39,6 @@ class Service:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(30)
-
-
-@pytest.fixture
-def settings(ray_head, tmp_path):
-    from service.core.config import Settings
-
-    return Settings(database_url=f"sqlite:///{tmp_path / 'fw.db'}", port=free_port(), ray_address=ray_head,
-                    runs_dir=tmp_path / "runs", scheduler_interval_s=0.5)
 
 
 def spec(model, steps: int, checkpoint_interval: int) -> dict:
