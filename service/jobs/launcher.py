@@ -24,7 +24,10 @@ from pathlib import Path
 import psutil
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           # `ray start --node-ip-address 127.0.0.1` would replace loopback with the machine's
+           # address (a cluster must be reachable); Ray's single-machine mode keeps it.
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 SECRET_PREFIX = "FLYWHEEL_"
 """The control plane's own settings (database URL, keys): kept out of the cluster's environment."""
 
