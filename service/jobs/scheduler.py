@@ -52,8 +52,9 @@ class Scheduler:
                 if status.state == "RUNNING" and job.state == JobState.starting:
                     continue  # the trainer marks it running when it reports in
                 if status.state == "MISSING":
-                    logic.transition(session, job, JobState.failed, "vanished from Ray",
-                                     error=f"the Ray job {job.ray_job_id} no longer exists (cluster restarted?)")
+                    error = f"the Ray job {job.ray_job_id} no longer exists (the cluster restarted?)"
+                    if not self._restart(session, job, error, ""):  # resumed from its checkpoint, if it may
+                        logic.transition(session, job, JobState.failed, "vanished from Ray", error=error)
                 elif status.state in RAY_TERMINAL:
                     target = RAY_TERMINAL[status.state]
                     error = None
@@ -75,7 +76,8 @@ class Scheduler:
         job.restarts += 1
         wait_s = float(schedule.get("restart_backoff_s", 5.0)) * 2 ** (job.restarts - 1)
         job.not_before = now() + timedelta(seconds=wait_s)
-        reason = next((line for line in error.splitlines() if "the cluster failed" in line), error.splitlines()[0])
+        lines = error.splitlines() or ["the Ray job failed"]
+        reason = next((line for line in lines if "the cluster failed" in line), lines[0])
         logic.add_event(session, job, "restart", f"restart {job.restarts} of {allowed}, from the last checkpoint "
                         f"in {wait_s:g} s: {reason}", {"attempt": job.restarts, "reason": reason, "wait_s": wait_s})
         logic.transition(session, job, JobState.queued, f"queued again for restart {job.restarts}")
