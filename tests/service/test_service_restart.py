@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.service.conftest import Teams, auth
-from tests.service.test_service_e2e import free_port, spec, wait_for
+from tests.service.conftest import Teams, auth, free_port
+from tests.service.test_service_e2e import spec, wait_for
 
 pytestmark = pytest.mark.slow
 
