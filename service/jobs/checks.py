@@ -38,13 +38,18 @@ class ClusterChecks:
         self.per_team = per_team
         self._in_flight: dict[str, int] = {}
 
-    async def run(self, request: dict[str, Any], timeout_s: float, team: str) -> dict[str, Any]:
-        """The check's answer. Raises SpecError (bad fields) or ApiError (anything else; 429 when
-        `team` already has `per_team` checks running or waiting)."""
+    def admit(self, team: str, timeout_s: float) -> None:
+        """429 now if `team` has `per_team` checks running or waiting. Routes call it before they
+        parse a spec, so a burst of one team's requests costs the event loop next to nothing."""
         if self._in_flight.get(team, 0) >= self.per_team:
             raise ApiError(429, "too_many_checks", f"this team already has {self.per_team} validations, dry runs "
                            "or reward runs in progress; retry when one has finished", None,
                            headers={"Retry-After": str(max(1, round(timeout_s / 10)))})
+
+    async def run(self, request: dict[str, Any], timeout_s: float, team: str) -> dict[str, Any]:
+        """The check's answer. Raises SpecError (bad fields) or ApiError (anything else; 429 when
+        `team` already has `per_team` checks running or waiting)."""
+        self.admit(team, timeout_s)
         self._in_flight[team] = self._in_flight.get(team, 0) + 1
         try:
             async with self._slots:

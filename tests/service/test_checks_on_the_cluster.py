@@ -105,7 +105,7 @@ def test_reward_modules_load_on_the_cluster_without_the_services_settings(tiny_m
 
 def test_a_module_that_hangs_on_import_costs_only_its_request(tiny_model, tmp_path, ray_head):
     """50 concurrent validations of one team's spec whose module hangs: the team's first two run
-    into the time limit, the rest are refused at once with 429, and /healthz never waits."""
+    into the time limit, the rest are refused at once with 429, and /healthz never waits for them."""
     reward = tmp_path / "sleeps_on_import.py"
     reward.write_text(SLEEPING_REWARD)
     server = Server(tmp_path, ray_head, check_timeout_s=8, max_checks_per_team=2)
@@ -125,7 +125,9 @@ def test_a_module_that_hangs_on_import_costs_only_its_request(tiny_model, tmp_pa
         waited = time.monotonic() - started
     finally:
         server.stop()
-    assert len(latencies) >= 20 and max(latencies) < 0.1, latencies
+    # Never held up behind the checks (each takes its 8 s limit): the API answers all along. The
+    # latency itself is a measurement, not a test (on 2 cores beside the check processes: tens of ms).
+    assert len(latencies) >= 20 and max(latencies) < 1.0, latencies
     refused = [a for a in answers if a.status_code == 429]
     assert len(refused) == 48 and all(int(a.headers["Retry-After"]) >= 1 for a in refused)
     assert {a.json()["error"]["code"] for a in refused} == {"too_many_checks"}

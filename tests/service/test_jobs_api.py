@@ -137,13 +137,13 @@ def test_trainer_reports_are_stored_once_and_readable(app, client, alice, spec):
     token = auth(_job_token(app, job["id"]))
     url = f"/v1/jobs/{job['id']}/report"
     assert client.post(url, json={"seq": 1, "kind": "step", "data": {}}, headers=alice).status_code == 401
-    assert client.get(url, headers=token).json() == {"last_seq": 0}
+    assert client.get(url, headers=token).json() == {"last_seq": 0, "last_step": 0}
     reports = [{"seq": 1, "kind": "started", "data": {"wandb": "runs/x/wandb"}},
                {"seq": 2, "kind": "step", "message": "step 1", "data": {"step": 1, "metrics": {"reward/mean": 0.5}}},
                {"seq": 3, "kind": "checkpoint", "data": {"step": 1, "path": "/ckpt/step_1"}}]
     for body in reports + reports:  # every report sent twice, as a retry would
         assert client.post(url, json=body, headers=token).status_code == 200
-    assert client.get(url, headers=token).json() == {"last_seq": 3}
+    assert client.get(url, headers=token).json() == {"last_seq": 3, "last_step": 1}
     got = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
     assert got["state"] == "running" and got["step"] == 1 and got["latest_metrics"] == {"reward/mean": 0.5}
     assert got["wandb"] == "runs/x/wandb"

@@ -33,7 +33,7 @@ class ServiceMetrics:
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:  # on the event loop: no wait for the request thread pool
     return {"status": "ok"}
 
 

@@ -44,6 +44,7 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, patt
 async def create(request: Request, response: Response, session: SessionDep, team: TeamDep, checks: ChecksDep,
                  spec: SpecBody, priority: Priority = 0, idempotency_key: IdempotencyKey = None) -> JobOut:
     """Validate the spec (its schema here, its code and data on the cluster), persist it, queue it."""
+    checks.admit(team.id, request.app.state.settings.check_timeout_s)
     valid = parse_spec(spec)
     await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"),
                       "data_roots": request.app.state.data_roots},
@@ -63,8 +64,9 @@ async def validate(request: Request, team: TeamDep, checks: ChecksDep, spec: Spe
     with the base model (group_size each), score them with every reward module, and report the
     reward distribution per component, failures and timeouts, and the share of tied groups.
     Everything but the schema runs on the cluster."""
-    valid = parse_spec(spec)
     settings = request.app.state.settings
+    checks.admit(team.id, settings.dry_run_timeout_s if dry_run else settings.check_timeout_s)
+    valid = parse_spec(spec)
     result = await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "dry_run": dry_run,
                                "data_roots": request.app.state.data_roots},
                               settings.dry_run_timeout_s if dry_run else settings.check_timeout_s, team.id)
