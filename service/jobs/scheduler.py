@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from service.core.auth import new_job_token
 from service.core.states import LIVE, JobState
-from service.core.store import Job, Team, now
+from service.core.store import Job, JobEvent, Team, now
 from service.jobs import logic
 
 log = logging.getLogger("flywheel.scheduler")
@@ -34,6 +34,13 @@ def cluster_failure(message: str) -> bool:
     return code is None or int(code.group(1)) == EXIT_CLUSTER_FAILURE
 
 
+def _last_service_event(session, job: Job) -> str | None:
+    """The kind of the last event the service itself wrote on a job (trainer events count up
+    from 1, the service's down from -1)."""
+    return session.scalar(select(JobEvent.kind).where(JobEvent.job_id == job.id, JobEvent.seq < 0)
+                          .order_by(JobEvent.seq).limit(1))
+
+
 class Scheduler:
     def __init__(self, sessions, launcher, settings):
         self.sessions, self.launcher, self.settings = sessions, launcher, settings
@@ -48,7 +55,17 @@ class Scheduler:
             for job in session.scalars(select(Job).where(Job.state.in_([s.value for s in LIVE]))).all():
                 if not job.ray_job_id:
                     continue
-                status = self.launcher.status(job.ray_job_id)
+                try:
+                    status = self.launcher.status(job.ray_job_id)
+                except Exception as exc:  # noqa: BLE001 - the cluster does not answer: say so on the job
+                    if _last_service_event(session, job) != "cluster_unreachable":
+                        logic.add_event(session, job, "cluster_unreachable", "the Ray cluster does not answer "
+                                        f"({type(exc).__name__}); the job is checked again when it does")
+                        session.commit()
+                    continue
+                if _last_service_event(session, job) == "cluster_unreachable":
+                    logic.add_event(session, job, "cluster_reachable", "the Ray cluster answers again")
+                    session.commit()
                 if status.state == "RUNNING" and job.state == JobState.starting:
                     continue  # the trainer marks it running when it reports in
                 if status.state == "MISSING":
