@@ -12,7 +12,7 @@ import logging
 import re
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.core.auth import new_job_token
 from service.core.states import LIVE, JobState
@@ -39,6 +39,17 @@ def _last_service_event(session, job: Job) -> str | None:
     from 1, the service's down from -1)."""
     return session.scalar(select(JobEvent.kind).where(JobEvent.job_id == job.id, JobEvent.seq < 0)
                           .order_by(JobEvent.seq).limit(1))
+
+
+def _reported_failure(session, job: Job) -> str | None:
+    """What the trainer reported when it failed in its latest launch (its `failed` event after
+    the last `starting`), the exception by name; None when it could not report (its node died).
+    Ray's own message holds only the tail of the logs, which another rank's traceback can fill."""
+    launched = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job.id,
+                                                                  JobEvent.kind == JobState.starting.value))
+    return session.scalar(select(JobEvent.message).where(
+        JobEvent.job_id == job.id, JobEvent.seq > 0, JobEvent.kind == "failed", JobEvent.id > (launched or 0))
+        .order_by(JobEvent.id.desc()).limit(1))
 
 
 class Scheduler:
@@ -93,8 +104,7 @@ class Scheduler:
         job.restarts += 1
         wait_s = float(schedule.get("restart_backoff_s", 5.0)) * 2 ** (job.restarts - 1)
         job.not_before = now() + timedelta(seconds=wait_s)
-        lines = error.splitlines() or ["the Ray job failed"]
-        reason = next((line for line in lines if "the cluster failed" in line), lines[0])
+        reason = _reported_failure(session, job) or (error.splitlines() or ["the Ray job failed"])[0]
         logic.add_event(session, job, "restart", f"restart {job.restarts} of {allowed}, from the last checkpoint "
                         f"in {wait_s:g} s: {reason}", {"attempt": job.restarts, "reason": reason, "wait_s": wait_s})
         logic.transition(session, job, JobState.queued, f"queued again for restart {job.restarts}")
