@@ -44,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         reporter = HttpReporter(args.report_url, args.job_id, os.environ["FLYWHEEL_REPORT_TOKEN"])
     import ray.exceptions
 
+    from trainer.actors.rollout_worker import WeightsNotDelivered
+
     # What a dead actor, worker process or node raises in the driver: the run itself was sound.
     cluster_failures = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
+                        ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError, WeightsNotDelivered)
     try:
         result = train(spec, stop_after=args.stop_after, reporter=reporter)
     except SpecError as exc:

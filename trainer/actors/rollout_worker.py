@@ -16,6 +16,11 @@ from trainer.chat import format_prompt
 from trainer.types import Sample, SamplingParams
 
 
+class WeightsNotDelivered(RuntimeError):
+    """The weights of the last step never reached this worker: the learner rank that held them
+    died before handing them over (so the run failed for the cluster's sake, not its own)."""
+
+
 class RolloutWorker:
     """Wrapped with `ray.remote` by the loop; plain class so it is testable in-process."""
 
@@ -36,8 +41,8 @@ class RolloutWorker:
     def generate(self, tasks: list[Task], group_offset: int, group_size: int, sampling: SamplingParams,
                  seed: int, weights_version: int | None = None) -> list[Sample]:
         if weights_version is not None and self.version != weights_version:
-            raise RuntimeError(f"rollout worker holds weights v{self.version}, the loop expected v{weights_version}: "
-                               "the last weight update did not arrive")
+            raise WeightsNotDelivered(f"rollout worker holds weights v{self.version}, the loop expected "
+                                      f"v{weights_version}: the last weight update did not arrive")
         samples = self._generate(tasks, group_offset, group_size, sampling, seed)
         if hasattr(self.engine, "sleep"):  # a vLLM engine sharing its GPU hands it to the learner now
             self.engine.sleep()
