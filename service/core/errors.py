@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.core.states import IllegalTransition
 from trainer.spec import SpecError
@@ -51,7 +52,12 @@ def install(app: FastAPI) -> None:
     async def _request(request: Request, exc: RequestValidationError):
         rows = []
         for err in exc.errors():
-            loc = [str(p) for p in err["loc"] if p != "body"]
+            loc = [str(p) for p in err["loc"]]
+            if loc[:1] == ["body"]:
+                # A body that is one of several kinds (a trainer report) has its kind in the
+                # location ("body.step.data.step"): the field is "data.step".
+                kind = exc.body.get("kind") if isinstance(exc.body, dict) else None
+                loc = loc[2:] if len(loc) > 2 and loc[1] == kind else loc[1:]
             message = "malformed JSON: " + err["msg"] if err["type"] == "json_invalid" else err["msg"]
             rows.append({"field": ".".join(loc), "message": message})
         first = rows[0]
@@ -74,5 +80,19 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException):
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large"}.get(exc.status_code, "error")
-        return JSONResponse(_body(code, str(exc.detail), None), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 400:  # FastAPI's answer to a body that is not JSON text at all
+            return JSONResponse(_body("invalid_request", "body: malformed JSON (not UTF-8 JSON text)", "body"),
+                                status_code=422)
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return JSONResponse(_body(code, str(exc.detail), None), status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)

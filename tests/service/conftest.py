@@ -4,9 +4,14 @@ checks run for real on a Ray head shared by the service tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -15,6 +20,7 @@ from service.core.auth import new_api_key
 from service.core.config import Settings
 from service.core.store import ApiKey, Team, make_engine, migrate, session_factory
 from service.main import create_app
+from tests.conftest import ROOT
 
 PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")
 STORES = ["sqlite"] + (["postgres"] if PG_URL else [])
@@ -112,3 +118,35 @@ def teams(database_url) -> Teams:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+class ServiceProcess:
+    """`flywheel serve` in its own process, on the shared Ray head, recording its modules on exit."""
+
+    def __init__(self, tmp_path, ray_head, **settings):
+        self.port, self.record = free_port(), tmp_path / "server-modules.json"
+        self.database_url = f"sqlite:///{tmp_path / 'fw.db'}"
+        self.key = Teams(self.database_url).key("alice")[0]
+        env = {**os.environ, "FLYWHEEL_DATABASE_URL": self.database_url, "FLYWHEEL_LAUNCH": "false",
+               "FLYWHEEL_RAY_ADDRESS": ray_head, "FLYWHEEL_RUNS_DIR": str(tmp_path / "runs"),
+               "RECORD_MODULES": str(self.record), **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.proc = subprocess.Popen([sys.executable, "tests/service/serve_recording_modules.py", str(self.port)],
+                                     env=env, cwd=ROOT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, "the service exited"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not become ready"
+            time.sleep(0.2)
+        self.client = httpx.Client(base_url=self.url, headers=auth(self.key), timeout=300)
+
+    def stop(self) -> dict:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(60)
+        return json.loads(self.record.read_text())

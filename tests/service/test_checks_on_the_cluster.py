@@ -5,17 +5,14 @@ that hangs on import costs the request its time limit, not the API its responsiv
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import DIGITS, ROOT
-from tests.service.conftest import CANARY_DATABASE_URL, Teams, auth, free_port
+from tests.conftest import DIGITS
+from tests.service.conftest import CANARY_DATABASE_URL, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -38,38 +35,6 @@ def score(prompts, completions, **columns):
 '''
 
 
-class Server:
-    """`flywheel serve` in its own process, on the shared Ray head, recording its modules on exit."""
-
-    def __init__(self, tmp_path, ray_head, **settings):
-        self.port, self.record = free_port(), tmp_path / "server-modules.json"
-        self.database_url = f"sqlite:///{tmp_path / 'fw.db'}"
-        self.key = Teams(self.database_url).key("alice")[0]
-        env = {**os.environ, "FLYWHEEL_DATABASE_URL": self.database_url, "FLYWHEEL_LAUNCH": "false",
-               "FLYWHEEL_RAY_ADDRESS": ray_head, "FLYWHEEL_RUNS_DIR": str(tmp_path / "runs"),
-               "RECORD_MODULES": str(self.record), **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.items()}}
-        self.proc = subprocess.Popen([sys.executable, "tests/service/serve_recording_modules.py", str(self.port)],
-                                     env=env, cwd=ROOT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, "the service exited"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not become ready"
-            time.sleep(0.2)
-        self.client = httpx.Client(base_url=self.url, headers=auth(self.key), timeout=300)
-
-    def stop(self) -> dict:
-        self.client.close()
-        self.proc.terminate()
-        self.proc.wait(60)
-        return json.loads(self.record.read_text())
-
-
 def job(model, reward_file, **extra) -> dict:
     return {"name": "team-code", "model": {"path": str(model)},
             "environment": {"name": "dataset", "config": {"train": str(DIGITS)}},
@@ -80,7 +45,7 @@ def job(model, reward_file, **extra) -> dict:
 def test_reward_modules_load_on_the_cluster_without_the_services_settings(tiny_model, tmp_path, ray_head):
     reward = tmp_path / "team_reward_recorder.py"
     reward.write_text(RECORDING_REWARD)
-    server = Server(tmp_path, ray_head)
+    server = ServiceProcess(tmp_path, ray_head)
     try:
         spec = job(tiny_model, reward)
         created = server.client.post("/v1/jobs", json=spec)
@@ -108,7 +73,7 @@ def test_a_module_that_hangs_on_import_costs_only_its_request(tiny_model, tmp_pa
     into the time limit, the rest are refused at once with 429, and /healthz never waits for them."""
     reward = tmp_path / "sleeps_on_import.py"
     reward.write_text(SLEEPING_REWARD)
-    server = Server(tmp_path, ray_head, check_timeout_s=8, max_checks_per_team=2)
+    server = ServiceProcess(tmp_path, ray_head, check_timeout_s=8, max_checks_per_team=2)
     answers: list[httpx.Response] = []
     try:
         threads = [threading.Thread(target=lambda: answers.append(

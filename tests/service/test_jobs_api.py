@@ -144,6 +144,10 @@ def test_trainer_reports_are_stored_once_and_readable(app, client, alice, spec):
     for body in reports + reports:  # every report sent twice, as a retry would
         assert client.post(url, json=body, headers=token).status_code == 200
     assert client.get(url, headers=token).json() == {"last_seq": 3, "last_step": 1}
+    # What a report's data holds depends on its kind: a step report without its step is refused.
+    bad = client.post(url, json={"seq": 4, "kind": "step", "data": {"metrics": {}}}, headers=token)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "data.step"
+    assert client.get(url, headers=token).json() == {"last_seq": 3, "last_step": 1}
     got = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
     assert got["state"] == "running" and got["step"] == 1 and got["latest_metrics"] == {"reward/mean": 0.5}
     assert got["wandb"] == "runs/x/wandb"
