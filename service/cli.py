@@ -1,6 +1,7 @@
 """`flywheel`: run the service, administer teams and keys, and drive jobs over REST.
 
     flywheel serve                                  # API on 127.0.0.1:8000, local Ray head
+    flywheel serve --workers 2                      # two API processes, one scheduling
     flywheel admin create-team support --quota 2    # then: flywheel admin create-key support
     export FLYWHEEL_URL=http://127.0.0.1:8000 FLYWHEEL_API_KEY=fw_...
     flywheel submit configs/demo.toml --follow
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +43,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
+          workers: Annotated[int, typer.Option(min=1, max=64, help="API processes; one of them schedules")] = 1,
           stop_jobs: Annotated[bool, typer.Option("--stop-jobs", help="on exit, cancel live jobs and stop the "
                                                   "local Ray head (by default they run on)")] = False) -> None:
     """Run the API (and, with no FLYWHEEL_RAY_ADDRESS, a local Ray head)."""
@@ -49,8 +52,42 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     from service.core.config import Settings
     from service.main import create_app
 
-    settings = Settings(host=host, port=port, **({"stop_jobs_on_exit": True} if stop_jobs else {}))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    settings = Settings(host=host, port=port, workers=workers,
+                        **({"stop_jobs_on_exit": True} if stop_jobs else {}))
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    else:
+        _serve_workers(settings)
+
+
+def _serve_workers(settings) -> None:
+    """Several uvicorn processes on one port. This process migrates the store and starts (or
+    adopts) the local Ray head before they start, and on exit does what one process does on its
+    own exit: leave the head up for live jobs, or end them with --stop-jobs. The processes get
+    their settings from the environment, the head's address among them."""
+    import uvicorn
+
+    from service.core.store import make_engine, migrate, session_factory
+    from service.jobs.launcher import LocalRayHead, RayJobsLauncher
+    from service.jobs.scheduler import Scheduler
+    from service.main import PROJECT_DIR
+
+    migrate(settings.database_url)
+    head = None
+    if settings.ray_address is None:
+        head = LocalRayHead(settings.ray_dashboard_port)
+        head.start()
+        os.environ["FLYWHEEL_RAY_ADDRESS"] = head.address
+    os.environ.update({"FLYWHEEL_HOST": settings.host, "FLYWHEEL_PORT": str(settings.port)})
+    metrics_dir = tempfile.TemporaryDirectory(prefix="flywheel-metrics-")  # the processes' shared counts
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
+    uvicorn.run("service.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level="warning")
+    metrics_dir.cleanup()
+    if head is not None:
+        launcher = RayJobsLauncher(head.address, PROJECT_DIR)
+        Scheduler(session_factory(make_engine(settings.database_url)), launcher, settings).on_shutdown(
+            head, settings.stop_jobs_on_exit)
 
 
 def _sessions():

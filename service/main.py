@@ -2,7 +2,7 @@
 
 On start it migrates the store, connects to Ray (starting a local head when no address is set, or
 adopting the one a previous run left), reconciles every live job with Ray, and runs the
-scheduler. On shutdown running jobs go on: the local head is stopped only when none is live, or
+scheduler (in one process of several: `flywheel serve --workers N`, service/jobs/scheduler.py). On shutdown running jobs go on: the local head is stopped only when none is live, or
 with `flywheel serve --stop-jobs`, which cancels them first.
 This process never imports torch or a team's code: what needs them runs on the cluster
 (docs/architecture.md).
@@ -48,13 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                          settings.max_concurrent_checks, settings.max_checks_per_team)
         scheduler = Scheduler(app.state.sessions, app.state.launcher, settings)
         if settings.launch:
-            await asyncio.to_thread(scheduler.reconcile)  # before anything new starts
+            if await asyncio.to_thread(scheduler.elect):
+                await asyncio.to_thread(scheduler.reconcile)  # before anything new starts
             task = asyncio.create_task(scheduler.run_forever())
         try:
             yield
         finally:
             if task is not None:
                 task.cancel()
+                await asyncio.to_thread(scheduler.resign)
             if head is not None:
                 await asyncio.to_thread(scheduler.on_shutdown, head, settings.stop_jobs_on_exit)
             engine.dispose()

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     scheduler_interval_s: float = 1.0
     """How often queued jobs are considered for launch and live jobs are checked against Ray."""
 
+    scheduler_lease_s: float = 15.0
+    """With several service processes, one schedules at a time: it holds a lease in the store
+    for this long and renews it every tick; if it dies, another takes over when it expires."""
+
+    workers: int = 1
+    """Service processes answering the API (`flywheel serve --workers N`); they share the store,
+    and one of them at a time runs the scheduler."""
+
     default_team_quota: int = 2
     """Concurrent jobs a new team may run."""
 

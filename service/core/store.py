@@ -8,7 +8,7 @@ step with a unique constraint, so a retried report is stored once.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    or_,
+    update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 
@@ -135,6 +138,38 @@ class JobCheckpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Lease(Base):
+    """Work that one process of several must do alone (the scheduler): its holder until a time."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+
+
+def hold_lease(session: Session, name: str, holder: str, ttl_s: float) -> bool:
+    """Take or renew the lease `name` for `ttl_s` seconds; False while another holder's is live.
+    One conditional UPDATE (or the first INSERT), so two processes can never both succeed."""
+    t = now()
+    taken = session.execute(update(Lease).where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < t))
+                            .values(holder=holder, expires_at=t + timedelta(seconds=ttl_s))).rowcount
+    if not taken and session.get(Lease, name) is None:
+        session.add(Lease(name=name, holder=holder, expires_at=t + timedelta(seconds=ttl_s)))
+        taken = 1
+    try:
+        session.commit()
+    except IntegrityError:  # another process inserted it first
+        session.rollback()
+        return False
+    return bool(taken)
+
+
+def release_lease(session: Session, name: str, holder: str) -> None:
+    """Give the lease up now (a graceful stop), so another process need not wait for it to expire."""
+    session.execute(update(Lease).where(Lease.name == name, Lease.holder == holder).values(expires_at=now()))
+    session.commit()
 
 
 POOL_SIZE = 40  # anyio's default thread-pool size, which FastAPI's sync routes and dependencies share

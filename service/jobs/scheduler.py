@@ -2,21 +2,27 @@
 priority), and reconcile live jobs with Ray's own record of them.
 
 It runs in the service process as one asyncio task (`run_forever`); each `tick` is plain
-synchronous code on a fresh session, so tests can call it directly.
+synchronous code on a fresh session, so tests can call it directly. When the service runs
+several processes (`flywheel serve --workers N`), every one runs the task but only the holder of
+the store's `scheduler` lease schedules: it renews the lease each tick, and when it dies another
+takes over once the lease expires (`scheduler_lease_s`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from service.core.auth import new_job_token
 from service.core.states import LIVE, JobState
-from service.core.store import Job, JobEvent, Team, now
+from service.core.store import Job, JobEvent, Team, hold_lease, now, release_lease
 from service.jobs import logic
 
 log = logging.getLogger("flywheel.scheduler")
@@ -52,13 +58,37 @@ def _reported_failure(session, job: Job) -> str | None:
         .order_by(JobEvent.id.desc()).limit(1))
 
 
+LEASE = "scheduler"
+
+
 class Scheduler:
     def __init__(self, sessions, launcher, settings):
         self.sessions, self.launcher, self.settings = sessions, launcher, settings
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leading = False
+
+    def elect(self) -> bool:
+        """Take or renew the scheduler lease: whether this process schedules now."""
+        with self.sessions() as session:
+            leading = hold_lease(session, LEASE, self.holder, self.settings.scheduler_lease_s)
+        if leading != self.leading:
+            log.info("%s scheduling (%s)", "now" if leading else "no longer", self.holder)
+        self.leading = leading
+        return leading
+
+    def resign(self) -> None:
+        if self.leading:
+            with self.sessions() as session:
+                release_lease(session, LEASE, self.holder)
+            self.leading = False
 
     def tick(self) -> None:
-        self.reconcile()
-        self.start_queued()
+        """Reconcile live jobs, then start queued ones, each phase only while this process holds
+        the lease (a slow reconcile must not let a second scheduler start jobs beside it)."""
+        if self.elect():
+            self.reconcile()
+        if self.elect():
+            self.start_queued()
 
     def reconcile(self) -> None:
         """Correct every live job's record from Ray: finished, failed, stopped, or vanished."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -10,6 +12,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from sqlalchemy import func, select, text
 
@@ -20,16 +23,29 @@ router = APIRouter(tags=["ops"])
 
 
 class ServiceMetrics:
-    """One registry per app, so several apps (tests) never share counters."""
+    """One registry per app, so several apps (tests) never share counters. With several service
+    processes (`flywheel serve --workers N` sets PROMETHEUS_MULTIPROC_DIR), each writes its
+    counts to that folder and /metrics answers with the sum over all of them."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
+        self.shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.requests = Counter("flywheel_http_requests_total", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
         self.latency = Histogram("flywheel_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry)
-        self.jobs = Gauge("flywheel_jobs", "Jobs by state", ["state"], registry=self.registry)
-        self.queue = Gauge("flywheel_queue_length", "Queued jobs", registry=self.registry)
+        # Read from the store at each scrape: the latest value is the answer, whichever process wrote it.
+        self.jobs = Gauge("flywheel_jobs", "Jobs by state", ["state"], registry=self.registry,
+                          multiprocess_mode="mostrecent")
+        self.queue = Gauge("flywheel_queue_length", "Queued jobs", registry=self.registry,
+                           multiprocess_mode="mostrecent")
+
+    def exposition(self) -> bytes:
+        if not self.shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.shared)
+        return generate_latest(registry)
 
 
 @router.get("/healthz")
@@ -60,4 +76,4 @@ def metrics(request: Request) -> Response:
     for state in JobState:
         m.jobs.labels(state.value).set(counts.get(state.value, 0))
     m.queue.set(counts.get(JobState.queued.value, 0))
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
