@@ -73,7 +73,7 @@ bench: install           ## Flywheel vs TRL's GRPOTrainer on the same tiny job, 
 bench-real: install real-model   ## the same GRPO job on SmolLM2-135M-Instruct: Flywheel (vLLM, HF engine) vs TRL
 	$(BIN)/python bench/grpo_vs_trl.py --model real
 
-bench-service: install   ## 50 concurrent clients against the API on SQLite and PostgreSQL
+bench-service: install   ## API reads vs bare FastAPI routes on the same store: 10 and 50 clients, 1 and 2 processes, SQLite and PostgreSQL
 	$(BIN)/python bench/service_load.py --postgres "$$(bash .ci/postgres.sh start)"
 
 serve: install           ## the API on 127.0.0.1:8000 with its own local Ray head
