@@ -28,6 +28,9 @@ RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
            # `ray start --node-ip-address 127.0.0.1` would replace loopback with the machine's
            # address (a cluster must be reachable); Ray's single-machine mode keeps it.
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+HEAD_NICENESS = 5
+"""The local head and everything it runs (jobs, checks) yield the CPU to the API process when
+they share cores: the control plane answers first, and is idle most of the time."""
 SECRET_PREFIX = "FLYWHEEL_"
 """The control plane's own settings (database URL, keys): kept out of the cluster's environment."""
 
@@ -93,7 +96,7 @@ class LocalRayHead:
         agent_ports = [f"--{name}={free_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
             "metrics-export-port", "ray-client-server-port")]
-        done = subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
+        done = subprocess.run(["nice", "-n", str(HEAD_NICENESS), _ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "0",
                                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                                "--temp-dir", str(self.temp_dir), *agent_ports, "--disable-usage-stats"],
                               env=env, capture_output=True, text=True)
@@ -132,6 +135,7 @@ class LocalRayHead:
 
 
 AGENT_WAIT_S = 60
+CHECK_NICENESS = 10
 
 
 def _agent_not_up(exc: BaseException) -> bool:
@@ -176,11 +180,14 @@ class RayJobsLauncher:
                             f"{job_id}-{int(time.time())}", {"FLYWHEEL_REPORT_TOKEN": token, "WANDB_SILENT": "true"})
 
     def submit_check(self, folder: Path) -> str:
-        """Start `python -m trainer.checks FOLDER` (it reads the request there and writes the result)."""
-        return self._submit(["trainer.checks", str(folder)], folder.name, {})
+        """Start `python -m trainer.checks FOLDER` (it reads the request there and writes the result),
+        at a lower CPU priority: where the API shares cores with the cluster, a team's checks
+        wait for the API rather than the other way round."""
+        return self._submit(["trainer.checks", str(folder)], folder.name, {}, nice=CHECK_NICENESS)
 
-    def _submit(self, module_args: list[str], submission_id: str, env: dict[str, str]) -> str:
-        entrypoint = (f"cd {shlex.quote(str(self.project_dir))} && {shlex.quote(self.python)} -m "
+    def _submit(self, module_args: list[str], submission_id: str, env: dict[str, str], nice: int = 0) -> str:
+        lower = f"nice -n {nice} " if nice else ""
+        entrypoint = (f"cd {shlex.quote(str(self.project_dir))} && {lower}{shlex.quote(self.python)} -m "
                       + " ".join(shlex.quote(a) for a in module_args))
         # A head that has just started answers before its job agent is up: wait for the agent.
         for attempt in Retrying(retry=retry_if_exception(_agent_not_up), stop=stop_after_delay(AGENT_WAIT_S),
