@@ -1,7 +1,8 @@
 """A job stopped after step k and restarted continues at k + 1 with the same optimizer state and
 data position: its checkpoints and final weights equal those of a run that never stopped.
 
-Runs with ZeRO-3 and a KL penalty, so parameter gathering and the reference model are exercised."""
+Runs with ZeRO-3 and a KL penalty, so parameter gathering and the reference model are exercised;
+and with LoRA (its adapters and their optimizer state are what the checkpoint must carry)."""
 
 import json
 
@@ -16,11 +17,14 @@ from trainer.spec import parse_spec
 pytestmark = pytest.mark.slow
 
 
-def spec_for(tiny_model, out_dir):
+LORA = {"rank": 4, "alpha": 8.0}
+
+
+def spec_for(tiny_model, out_dir, lora=None):
     return parse_spec(job_payload(
         tiny_model, out_dir, name="resume",
         algorithm={"type": "grpo", "group_size": 4, "kl_beta": 0.05},
-        learner={"ranks": 2, "zero_stage": 3, "lr": 3e-3, "micro_batch": 4},
+        learner={"ranks": 2, "zero_stage": 3, "lr": 3e-3, "micro_batch": 4, "lora": lora},
         schedule={"steps": 4, "checkpoint_interval": 2, "seed": 7},
     ))
 
@@ -45,10 +49,11 @@ def optimizer_state(ckpt_step_dir):
     return torch.cat(tensors)
 
 
-def test_stop_and_resume_matches_an_uninterrupted_run(tiny_model, tmp_path, ray_cluster):
-    straight = train(spec_for(tiny_model, tmp_path / "straight"), echo=lambda _: None)
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+def test_stop_and_resume_matches_an_uninterrupted_run(tiny_model, tmp_path, ray_cluster, lora):
+    straight = train(spec_for(tiny_model, tmp_path / "straight", lora), echo=lambda _: None)
 
-    resumed_spec = spec_for(tiny_model, tmp_path / "stopped")
+    resumed_spec = spec_for(tiny_model, tmp_path / "stopped", lora)
     first = train(resumed_spec, stop_after=2, echo=lambda _: None)
     assert first.steps_done == 2 and first.export_dir is None
     lines = []

@@ -98,7 +98,8 @@ def deepspeed_engine(model, learner, lr: float, gas: int, dtype: str):
     """A DeepSpeed engine with AdamW and the learner spec's ZeRO stage, micro-batch and clipping."""
     import deepspeed
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=learner.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # all, or the LoRA adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=learner.weight_decay)
     config = {
         "train_micro_batch_size_per_gpu": learner.micro_batch,
         "gradient_accumulation_steps": gas,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from trainer.actors.deepspeed_rank import DeepSpeedRank, MicroBatch
+from trainer.actors.lora import merged_state_dict, tied_copies, with_lora
 from trainer.algorithms import build_algorithm
 from trainer.algorithms.losses import aggregate, k3_kl, token_logprobs_and_entropy
 from trainer.types import PolicyBatch, StepCounts, TokenBatch
@@ -32,8 +33,11 @@ class Learner(DeepSpeedRank):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch_dtype = getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        self.lora = learner.lora is not None
+        if self.lora:
+            model = with_lora(model, learner.lora)
         self.reference = None
-        if self.algorithm.needs_reference:
+        if self.algorithm.needs_reference and not self.lora:  # with LoRA: the base, adapters off
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
             self.reference.requires_grad_(False)
         self._start_engine(model, learner, learner.lr, per_rank, dtype, self.tokenizer.pad_token_id)
@@ -46,6 +50,13 @@ class Learner(DeepSpeedRank):
                     logits_to_keep=mb.input_ids_B_S.shape[1] - mb.first)
         logits = out.logits[:, :-1].float() / (temperature or self.temperature)
         return token_logprobs_and_entropy(logits, mb.input_ids_B_S[:, mb.first + 1:])
+
+    def _reference_logprobs(self, mb: MicroBatch) -> torch.Tensor:
+        """Logprobs [B, T] under the frozen reference: the base model itself under LoRA."""
+        if self.lora:
+            with self.engine.module.disable_adapter():
+                return self._logprobs(self.engine, mb)[0]
+        return self._logprobs(self.reference, mb)[0]
 
     def train_step(self, batch: PolicyBatch, counts: StepCounts) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
@@ -65,7 +76,7 @@ class Learner(DeepSpeedRank):
                                                              mb.mask_B_T)
             if algo.kl_in_loss:
                 with torch.no_grad():
-                    ref_B_T, _ = self._logprobs(self.reference, mb)
+                    ref_B_T = self._reference_logprobs(mb)
                 kl_B_T = k3_kl(logprobs_B_T, ref_B_T)
                 per_token = per_token + algo.config.kl_beta * kl_B_T
                 stats["kl_sum"] += float((kl_B_T.detach() * mb.mask_B_T).sum())
@@ -88,11 +99,10 @@ class Learner(DeepSpeedRank):
     def logprobs(self, batch: TokenBatch, model: str = "policy") -> list[list[float]]:
         """The logprob of every completion token under the current policy (PPO's old logprobs,
         before its epochs move the weights) or the frozen reference (its KL-in-reward)."""
-        module = self.engine if model == "policy" else self.reference
-        module.eval()
+        self.engine.eval()
         out = []
         for mb in self._micro_batches(batch):
-            logprobs_B_T, _ = self._logprobs(module, mb)
+            logprobs_B_T = self._logprobs(self.engine, mb)[0] if model == "policy" else self._reference_logprobs(mb)
             out += mb.unalign(logprobs_B_T)
         return out
 
@@ -120,15 +130,19 @@ class Learner(DeepSpeedRank):
         import deepspeed
 
         module = self.engine.module
-        # The copies matter: gathered ZeRO-3 tensors are freed on leaving the context, and a ZeRO-1/2
-        # parameter is a view into one flat buffer, which pickling would send whole for every tensor.
+
+        def copy() -> dict[str, torch.Tensor]:
+            # The copies matter: gathered ZeRO-3 tensors are freed on leaving the context, and a ZeRO-1/2
+            # parameter is a view into one flat buffer, which pickling would send whole for every tensor.
+            if self.lora:
+                return merged_state_dict(module)
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
         if self.zero_stage == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                state = copy()
             return state if self.rank == 0 else None
-        if self.rank != 0:
-            return None
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return copy() if self.rank == 0 else None
 
     def open_weight_transfer(self, workers: list) -> None:
         """vLLM's NCCL weight transfer to each rollout worker (GPU only); every rank calls it."""
@@ -153,6 +167,12 @@ class Learner(DeepSpeedRank):
         if self.rank != 0:
             return None
         out = Path(directory)
-        self.engine.module.save_pretrained(out, state_dict=state)
+        if self.lora:  # the merged model, and the adapters alone beside it
+            tied = tied_copies(self.engine.module)
+            self.engine.module.get_base_model().save_pretrained(
+                out, state_dict={k: v for k, v in state.items() if k not in tied})
+            self.engine.module.save_pretrained(out / "adapter")
+        else:
+            self.engine.module.save_pretrained(out, state_dict=state)
         self.tokenizer.save_pretrained(out)
         return str(out)
