@@ -81,9 +81,9 @@ def _serve_workers(settings) -> None:
     os.environ.update({"FLYWHEEL_HOST": settings.host, "FLYWHEEL_PORT": str(settings.port)})
     metrics_dir = tempfile.TemporaryDirectory(prefix="flywheel-metrics-")  # the processes' shared counts
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
-    uvicorn.run("service.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level="warning")
-    metrics_dir.cleanup()
+    with metrics_dir:
+        uvicorn.run("service.main:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level="warning")
     if head is not None:
         launcher = RayJobsLauncher(head.address, PROJECT_DIR)
         Scheduler(session_factory(make_engine(settings.database_url)), launcher, settings).on_shutdown(

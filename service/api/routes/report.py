@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from service.api.deps import ReportingJobDep, SessionDep
@@ -19,8 +18,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/report", tags=["reporting"])
 
 @router.post("")
 def report(body: Report, session: SessionDep, job: ReportingJobDep) -> dict[str, Any]:
-    data = body.data.model_dump() if isinstance(body.data, BaseModel) else body.data
-    stored = logic.record_report(session, job, body.seq, body.kind, body.message, data)
+    stored = logic.record_report(session, job, body.seq, body.kind, body.message, body.model_dump()["data"])
     return {"stored": stored, "seq": body.seq}
 
 
