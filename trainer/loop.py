@@ -3,6 +3,9 @@
 
     sample → roll out → score → advantages → learn → sync weights → log (and checkpoint)
 
+With asynchronous rollout (`rollout.max_staleness = k`) steps 1 and 2 run k steps ahead: the
+workers generate the next batches while the learners train on this one (`trainer.driver.pipeline`).
+
 It runs in the driver process; the steps it calls are in `trainer.driver`, the actors they drive
 in `trainer.actors`, and what differs between algorithms is asked of the algorithm object
 (`trainer.algorithms`), never of the spec's `type`.
@@ -28,14 +31,13 @@ from trainer.driver import checkpoint
 from trainer.driver.evaluation import evaluate, has_eval_split, report_evaluation
 from trainer.driver.learn import compute_advantages, learn, ppo_learn
 from trainer.driver.metrics import step_metrics
+from trainer.driver.pipeline import RolloutPipeline, drop_stale
 from trainer.driver.reporting import NullReporter
 from trainer.driver.rollout import (
     RewardFailureError,
     check_reward_failures,
     fill_with_informative_groups,
     gather_scores,
-    rollout,
-    training_seed,
 )
 from trainer.driver.sampler import TaskSampler
 from trainer.driver.tracking import Tracker, progress_line
@@ -73,6 +75,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
     try:
         state = resume[1] if resume else checkpoint.LoopState(0, 0, 0, spec.schedule.seed)
         sampler = TaskSampler(list(env.tasks("train")), state.seed, state.data_epoch, state.data_cursor)
+        pipeline = RolloutPipeline(actors, sampler, spec, g, checkpoint.in_flight(ckpt_dir, resume[0]) if resume else [])
         if resume:
             checkpoint.restore(actors.learners, ckpt_dir, resume[0], actors.critics)
             sync_weights(actors, version=state.step)
@@ -93,11 +96,12 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
             t0, sampling_stats = time.perf_counter(), {}
-            tasks = sampler.next(spec.rollout.prompts_per_step)                       # 1. sample
-            samples, score_refs = rollout(actors, tasks, spec, training_seed(spec, step), g)  # 2. roll out
+            pipeline.fill(step)                                                       # 1+2. sample, roll out
+            samples, score_refs, pipeline_stats = pipeline.take(step)                 #   (k steps ahead)
             t1 = time.perf_counter()
             scores = gather_scores(score_refs)                                        # 3. score
             check_reward_failures(scores, spec.reward_failure_threshold)
+            scores, staleness_stats = drop_stale(samples, scores, step, spec.rollout.max_staleness)
             if algorithm.refills_groups:                                              #    (DAPO: refill)
                 samples, scores, sampling_stats = fill_with_informative_groups(actors, sampler, spec, step,
                                                                                samples, scores)
@@ -114,7 +118,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             t4 = time.perf_counter()
             metrics = step_metrics(samples, scores, advantages_P_G, learn_stats,     # 7. log
                                    {"rollout": t1 - t0, "reward": t2 - t1, "learn": t3 - t2, "sync": t4 - t3})
-            metrics.update(sampling_stats)
+            metrics.update({**sampling_stats, **pipeline_stats, **staleness_stats})
             if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0 and step != spec.schedule.steps:
                 metrics.update(evaluate(actors, env, spec, step))
             tracker.log(metrics, step)
@@ -126,7 +130,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             if (interval and step % interval == 0) or step == last:
                 path = checkpoint.save(actors.learners, ckpt_dir,
                                        checkpoint.LoopState(step, sampler.epoch, sampler.cursor, state.seed),
-                                       actors.critics)
+                                       actors.critics, pipeline.settle())
                 reporter.send("checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
             state.step = step
         export_dir = None

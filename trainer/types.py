@@ -51,6 +51,8 @@ class Sample:
     """What the environment recorded when the episode ended (multi-turn only)."""
     messages: list[Message] | None = None
     """Multi-turn only: the conversation after the prompt (assistant turns and replies)."""
+    sampled_at: tuple[float, float] = (0.0, 0.0)
+    """Wall-clock start and end (`time.time()`) of the worker's call that generated it."""
 
 
 @dataclass(frozen=True)

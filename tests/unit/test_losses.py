@@ -50,9 +50,9 @@ def test_corrected_loss_without_tis_takes_the_ratio_against_the_rollout():
     algo = GRPO(GRPOSpec(tis_cap=None), max_new_tokens=4)
     logprobs = torch.tensor([[math.log(0.6)]], requires_grad=True)
     old, rollout, mask = torch.tensor([[math.log(0.6)]]), torch.tensor([[math.log(0.5)]]), torch.tensor([[True]])
-    loss, clipped, capped = algo.corrected_loss(logprobs, old, rollout, torch.tensor([1.0]), mask)
+    loss, clipped, weight = algo.corrected_loss(logprobs, old, rollout, torch.tensor([1.0]), mask)
     assert loss.item() == pytest.approx(-1.2, abs=1e-6)  # ratio 0.6/0.5, inside the clip
-    assert not clipped.any() and not capped.any()
+    assert not clipped.any() and weight.flatten().tolist() == [1.0]
 
 
 def test_corrected_loss_with_tis_weights_the_on_policy_gradient():
@@ -60,12 +60,12 @@ def test_corrected_loss_with_tis_weights_the_on_policy_gradient():
     p_old = torch.tensor([[0.9, 0.4]])
     logprobs = p_old.log().clone().requires_grad_(True)
     rollout = torch.tensor([[0.3, 0.5]]).log()  # the rollout engine's view: ratios 3 (capped) and 0.8
-    loss, clipped, capped = algo.corrected_loss(logprobs, p_old.log(), rollout, torch.tensor([1.0]),
+    loss, clipped, weight = algo.corrected_loss(logprobs, p_old.log(), rollout, torch.tensor([1.0]),
                                                 torch.tensor([[True, True]]))
     loss.sum().backward()
     # The ratio is against the learner's own old logprob (1 here), so the gradient is -A * w.
     assert logprobs.grad.flatten().tolist() == pytest.approx([-2.0, -0.8], abs=1e-5)
-    assert capped.flatten().tolist() == [True, False] and not clipped.any()
+    assert weight.flatten().tolist() == pytest.approx([2.0, 0.8], abs=1e-6) and not clipped.any()
 
 
 def test_k3_kl_exact_and_zero_at_equal_policies():

@@ -63,6 +63,20 @@ def test_tis_cap_auto_follows_the_engine_and_an_explicit_cap_stays():
     assert "algorithm.tis_cap" in fields({**BASE, "algorithm": {"tis_cap": 0.5}})
 
 
+def test_tis_is_on_wherever_the_rollout_is_not_the_learner():
+    """Older weights (asynchronous rollout) or another dtype: "auto" turns the correction on, and
+    asynchronous rollout without it is refused with the field named."""
+    assert parse_spec({**BASE, "rollout": {"max_staleness": 1}}).algorithm.tis_cap == 2.0
+    assert parse_spec({**BASE, "rollout": {"dtype": "bfloat16"}}).algorithm.tis_cap == 2.0
+    both = parse_spec({**BASE, "model": {"path": "m", "dtype": "bfloat16"}})
+    assert both.algorithm.tis_cap is None and both.learner_dtype == both.rollout_dtype == "bfloat16"
+    mixed = parse_spec({**BASE, "learner": {"dtype": "bfloat16"}})
+    assert (mixed.learner_dtype, mixed.rollout_dtype, mixed.algorithm.tis_cap) == ("bfloat16", "float32", 2.0)
+    errs = fields({**BASE, "rollout": {"max_staleness": 2}, "algorithm": {"tis_cap": None}})
+    assert "max_staleness = 2" in errs["algorithm.tis_cap"]
+    assert "rollout.max_staleness" in fields({**BASE, "rollout": {"max_staleness": -1}})
+
+
 def test_gpu_engine_placements_that_cannot_work_are_refused():
     shared_gpu_nccl = {"engine": "vllm", "vllm": {"sleep": True, "weight_transfer": "nccl"}}
     assert "needs the engine and the learner on different GPUs" in fields(

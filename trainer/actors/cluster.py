@@ -113,7 +113,7 @@ def start_actors(spec) -> JobActors:
 
     pin = local_cpu_cores()
     workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus, share))
-               .remote(rollout.engine, spec.model.path, spec.model.dtype, 1, i if pin else None,
+               .remote(rollout.engine, spec.model.path, spec.rollout_dtype, 1, i if pin else None,
                        (spec.environment.name, spec.environment.config), rollout.vllm.model_dump())
                for i in range(rollout.workers)]
     learners = [ray.remote(Learner).options(**opts(first_learner + r, learner.num_cpus, share))
@@ -126,12 +126,12 @@ def start_actors(spec) -> JobActors:
     try:
         samples = spec.rollout.prompts_per_step * spec.algorithm.group_size
         master = ray.get(learners[0].address.remote())
-        ready = [lr.setup.remote(master, spec.model.path, spec.model.dtype, learner, spec.algorithm,
+        ready = [lr.setup.remote(master, spec.model.path, spec.learner_dtype, learner, spec.algorithm,
                                  rollout.temperature, rollout.max_new_tokens,
                                  samples // learner.ranks // spec.mini_batches) for lr in learners]
         if critics:
             critic_master = ray.get(critics[0].address.remote())
-            ready += [c.setup.remote(critic_master, spec.model.path, spec.model.dtype, learner,
+            ready += [c.setup.remote(critic_master, spec.model.path, spec.learner_dtype, learner,
                                      spec.algorithm.critic_lr, spec.algorithm.value_clip,
                                      samples // critic_ranks // spec.mini_batches) for c in critics]
         ray.get(ready + [w.__ray_ready__.remote() for w in workers] + [rewarder.names.remote()])

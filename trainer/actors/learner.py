@@ -62,7 +62,8 @@ class Learner(DeepSpeedRank):
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
         algo = self.algorithm
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0,
-                 "mismatch_sum": 0.0, "mismatch_max": 0.0, "tis_capped": 0.0}
+                 "mismatch_sum": 0.0, "mismatch_max": 0.0, "tis_capped": 0.0, "is_weight_sum": 0.0,
+                 "is_weight_min": float("inf"), "is_weight_max": 0.0}
         self._set_lr(self.rl_lr)
         self.engine.train()
         for mb in self._micro_batches(batch):
@@ -72,7 +73,7 @@ class Learner(DeepSpeedRank):
             logprobs_B_T, entropy_B_T = self._logprobs(self.engine, mb)
             old_B_T = (mb.align(batch.old_logprobs_B_T) if batch.old_logprobs_B_T is not None
                        else logprobs_B_T.detach())
-            per_token, clipped, capped = algo.corrected_loss(logprobs_B_T, old_B_T, rollout_B_T, advantages,
+            per_token, clipped, weight_B_T = algo.corrected_loss(logprobs_B_T, old_B_T, rollout_B_T, advantages,
                                                              mb.mask_B_T)
             if algo.kl_in_loss:
                 with torch.no_grad():
@@ -90,7 +91,13 @@ class Learner(DeepSpeedRank):
                 gap_B_T = (old_B_T - rollout_B_T).abs() * mb.mask_B_T
                 stats["mismatch_sum"] += float(gap_B_T.sum())
                 stats["mismatch_max"] = max(stats["mismatch_max"], float(gap_B_T.max()))
-                stats["tis_capped"] += float((capped & mb.mask_B_T).sum())
+                if algo.config.tis_cap is not None:
+                    stats["tis_capped"] += float(((weight_B_T >= algo.config.tis_cap) & mb.mask_B_T).sum())
+                if mb.mask_B_T.any():
+                    kept = weight_B_T[mb.mask_B_T]
+                    stats["is_weight_sum"] += float(kept.sum())
+                    stats["is_weight_min"] = min(stats["is_weight_min"], float(kept.min()))
+                    stats["is_weight_max"] = max(stats["is_weight_max"], float(kept.max()))
         grad_norm = self.engine.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
         return stats

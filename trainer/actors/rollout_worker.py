@@ -4,7 +4,9 @@ store, or, with vLLM on GPUs, a broadcast the learner drives through `weight_tra
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 
 import torch
 
@@ -43,7 +45,10 @@ class RolloutWorker:
         if weights_version is not None and self.version != weights_version:
             raise WeightsNotDelivered(f"rollout worker holds weights v{self.version}, the loop expected "
                                       f"v{weights_version}: the last weight update did not arrive")
+        start = time.time()
         samples = self._generate(tasks, group_offset, group_size, sampling, seed)
+        window = (start, time.time())
+        samples = [dataclasses.replace(s, sampled_at=window) for s in samples]
         if hasattr(self.engine, "sleep"):  # a vLLM engine sharing its GPU hands it to the learner now
             self.engine.sleep()
         return samples

@@ -72,17 +72,18 @@ class Algorithm:
     def corrected_loss(self, logprobs_B_T: torch.Tensor, learner_old_B_T: torch.Tensor, rollout_B_T: torch.Tensor,
                        advantages: torch.Tensor, mask_B_T: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`policy_loss` corrected for the rollout engine: per-token loss, where the clip was
-        active, and where the truncated importance weight hit its cap. Without `tis_cap` the ratio
-        is taken against the rollout's logprob, as sampled; with it, against the learner's own at
-        the sampling weights, and each token is weighted by min(p_old / p_rollout, tis_cap)."""
+        """`policy_loss` corrected for the rollout (another engine, dtype or older weights): per-token
+        loss, where the clip was active, and each token's importance weight. Without `tis_cap` the
+        ratio is taken against the rollout's logprob, as sampled (weight 1); with it, against the
+        learner's own at the start of the step, and each token is weighted by
+        min(p_old / p_rollout, tis_cap)."""
         cap = self.config.tis_cap
         if cap is None or cap == "auto":  # "auto" is resolved by the job spec; unresolved, it is off
             loss_B_T, clipped_B_T = self.policy_loss(logprobs_B_T, rollout_B_T, advantages, mask_B_T)
-            return loss_B_T, clipped_B_T, torch.zeros_like(clipped_B_T)
+            return loss_B_T, clipped_B_T, torch.ones_like(loss_B_T).detach()
         loss_B_T, clipped_B_T = self.policy_loss(logprobs_B_T, learner_old_B_T, advantages, mask_B_T)
         weight_B_T = truncated_is_weight(learner_old_B_T, rollout_B_T, cap)
-        return loss_B_T * weight_B_T, clipped_B_T, weight_B_T >= cap
+        return loss_B_T * weight_B_T, clipped_B_T, weight_B_T
 
     def reduce(self, per_token_B_T: torch.Tensor, mask_B_T: torch.Tensor, num_sequences: int,
                num_tokens: int) -> torch.Tensor:

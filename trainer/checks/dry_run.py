@@ -36,7 +36,7 @@ def dry_run(spec: JobSpec, tasks: int = 4, seed: int = 0, env=None) -> dict[str,
     chosen = random.Random(seed).sample(pool, min(tasks, len(pool)))
     g = spec.algorithm.group_size
     started = time.perf_counter()
-    worker = RolloutWorker(spec.rollout.engine, spec.model.path, spec.model.dtype, threads=None,
+    worker = RolloutWorker(spec.rollout.engine, spec.model.path, spec.rollout_dtype, threads=None,
                            environment=(spec.environment.name, spec.environment.config),
                            vllm=spec.rollout.vllm.model_dump())
     sampling = SamplingParams(spec.rollout.max_new_tokens, spec.rollout.temperature, spec.rollout.top_p)

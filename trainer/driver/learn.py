@@ -9,7 +9,9 @@ ranks and the critic ranks alike. The formulas are in `trainer.algorithms`.
 
 Both log the rollout-learner mismatch every step: the mean and max of |log p_rollout - log p_old|
 over the sampled tokens, ~1e-6 with the HF engine (the same model in the same dtype) and larger
-with vLLM (its own kernels), which truncated importance sampling (`algorithm.tis_cap`) corrects.
+with vLLM (its own kernels), another dtype or older weights (asynchronous rollout), which
+truncated importance sampling (`algorithm.tis_cap`) corrects; and the distribution of the
+importance weights (mean, min, max over the tokens).
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def _policy_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
             "kl": summed["kl_sum"] / tokens, "entropy": summed["entropy_sum"] / tokens,
             "mismatch/logprob_diff_mean": summed["mismatch_sum"] / tokens,
             "mismatch/logprob_diff_max": max(s["mismatch_max"] for s in per_rank),
-            "mismatch/tis_capped_frac": summed["tis_capped"] / tokens}
+            "mismatch/tis_capped_frac": summed["tis_capped"] / tokens,
+            "is_weight/mean": summed["is_weight_sum"] / tokens,
+            "is_weight/min": min((s["is_weight_min"] for s in per_rank if s["tokens"]), default=1.0),
+            "is_weight/max": max(s["is_weight_max"] for s in per_rank)}
 
 
 def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, algorithm: Algorithm,
@@ -116,6 +121,7 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, alg
             stats["value_clip_frac"].append(sum(s["value_clipped"] for s in val) / max(sum(s["tokens"] for s in val), 1))
     out = {k: statistics.fmean(v) for k, v in stats.items()}
     out["mismatch/logprob_diff_max"] = max(stats["mismatch/logprob_diff_max"])
+    out["is_weight/min"], out["is_weight/max"] = min(stats["is_weight/min"]), max(stats["is_weight/max"])
     out["grad_norm"] = pol[0]["grad_norm"]
     out["value/mean"] = float((values * mask).sum() / mask.sum().clamp(min=1))
     if kl is not None:

@@ -18,7 +18,7 @@ def step_metrics(samples: list[Sample], scores: ScoreResult, advantages_P_G: tor
     m: dict[str, float] = {
         "reward/mean": statistics.fmean(ok) if ok else 0.0,
         "reward/std": statistics.pstdev(ok) if len(ok) > 1 else 0.0,
-        "reward/failed": float(sum(scores.failed)),
+        "reward/failed": float(len({i for f in scores.failures for i in f.indices})),
         "advantage/mean": float(advantages_P_G.mean()),
         "advantage/abs_mean": float(advantages_P_G.abs().mean()),
         "groups/all_equal_frac": float((rewards_P_G.max(dim=1).values == rewards_P_G.min(dim=1).values)

@@ -24,10 +24,10 @@ def sampling_params(spec: JobSpec) -> SamplingParams:
     return SamplingParams(spec.rollout.max_new_tokens, spec.rollout.temperature, spec.rollout.top_p)
 
 
-def rollout(actors: JobActors, tasks, spec: JobSpec, seed: int, group_size: int) -> tuple[list[Sample], list]:
+def launch_rollout(actors: JobActors, tasks, spec: JobSpec, seed: int, group_size: int) -> tuple[list, list]:
     """`group_size` samples per task, split over the workers (worker i draws from `seed + i`);
     each worker's samples go to the reward worker as soon as that worker is done, so scoring
-    overlaps the rest of the rollout. Returns the samples and the score references."""
+    overlaps the rest of the rollout. Returns references: each worker's samples and score result."""
     sample_refs, score_refs, offset = [], [], 0
     for i, (worker, chunk) in enumerate(zip(actors.workers, split(tasks, len(actors.workers)), strict=False)):
         if not chunk:
@@ -37,8 +37,13 @@ def rollout(actors: JobActors, tasks, spec: JobSpec, seed: int, group_size: int)
         sample_refs.append(ref)
         score_refs.append(actors.rewarder.score.remote(ref))
         offset += len(chunk)
-    samples = [s for chunk in ray.get(sample_refs) for s in chunk]
-    return samples, score_refs
+    return sample_refs, score_refs
+
+
+def rollout(actors: JobActors, tasks, spec: JobSpec, seed: int, group_size: int) -> tuple[list[Sample], list]:
+    """`launch_rollout`, waiting for the samples: the samples and the score references."""
+    sample_refs, score_refs = launch_rollout(actors, tasks, spec, seed, group_size)
+    return [s for chunk in ray.get(sample_refs) for s in chunk], score_refs
 
 
 def training_seed(spec: JobSpec, step: int) -> int:

@@ -14,16 +14,20 @@ from pydantic import Field, model_validator
 
 from trainer.spec.algorithms import AlgorithmSpec, GRPOSpec, StrictModel
 
-TIS_CAP_VLLM = 2.0
-"""`algorithm.tis_cap = "auto"` with the vLLM engine (Yao et al., 2025, use 2)."""
+TIS_CAP_AUTO = 2.0
+"""`algorithm.tis_cap = "auto"` where the rollout samples from other logprobs than the learner's
+(vLLM, another dtype, asynchronous rollout); Yao et al., 2025, use 2."""
+
+Dtype = Literal["float32", "bfloat16"]
 
 
 class ModelSpec(StrictModel):
     path: str = Field(min_length=1)
     """Base model: a local directory in Hugging Face format, or a hub id (the machine must reach the hub)."""
 
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Parameter dtype of the policy. CPU runs use float32."""
+    dtype: Dtype = "float32"
+    """Parameter dtype of the policy, in the learner and the rollout engines unless `learner.dtype`
+    or `rollout.dtype` says otherwise. bfloat16 runs on GPUs and on CPUs with AVX-512 BF16 or AMX."""
 
 
 class EnvironmentSpec(StrictModel):
@@ -125,6 +129,15 @@ class RolloutSpec(StrictModel):
     num_cpus: float = Field(default=0.4, gt=0, le=1024)
     """Ray CPUs each worker reserves (fractional, so small machines fit every actor)."""
 
+    max_staleness: int = Field(default=0, ge=0, le=64)
+    """Asynchronous rollout: the workers generate the batches of up to this many steps ahead
+    while the learners train, so a sample may be this many weight versions older than the policy
+    it trains; the loss corrects for it with truncated importance sampling (`algorithm.tis_cap`).
+    0 is the synchronous loop."""
+
+    dtype: Dtype | None = None
+    """The engines' dtype; None: `model.dtype`."""
+
 
 class LoraSpec(StrictModel):
     """Low-rank adapters (peft's LoRA) in place of full fine-tuning: only the adapters train and
@@ -169,6 +182,10 @@ class LearnerSpec(StrictModel):
 
     lora: LoraSpec | None = None
     """Train low-rank adapters instead of every weight (raise `lr` with it: 1e-4 to 1e-3 is usual)."""
+
+    dtype: Dtype | None = None
+    """The learner's (and critic's) parameter dtype; None: `model.dtype`. With bfloat16 the
+    optimizer keeps float32 master weights (DeepSpeed's bf16 mode)."""
 
 
 class ScheduleSpec(StrictModel):
@@ -263,9 +280,17 @@ class JobSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _tis_for_the_engine(self) -> JobSpec:
+    def _tis_where_the_rollout_differs(self) -> JobSpec:
+        """Truncated importance sampling is on by default wherever the rollout's logprobs are not
+        the learner's own: another engine, another dtype, older weights."""
         if self.algorithm.tis_cap == "auto":
-            self.algorithm.tis_cap = TIS_CAP_VLLM if self.rollout.engine == "vllm" else None
+            differs = (self.rollout.engine == "vllm" or self.rollout_dtype != self.learner_dtype
+                       or self.rollout.max_staleness > 0)
+            self.algorithm.tis_cap = TIS_CAP_AUTO if differs else None
+        elif self.algorithm.tis_cap is None and self.rollout.max_staleness > 0:
+            raise ValueError(f"algorithm.tis_cap: asynchronous rollout (rollout.max_staleness = "
+                             f"{self.rollout.max_staleness}) samples from older weights, and the loss corrects for "
+                             f"them with truncated importance sampling: give a cap (2 is usual) or \"auto\"")
         return self
 
     @model_validator(mode="after")
@@ -291,6 +316,14 @@ class JobSpec(StrictModel):
     def mini_batches(self) -> int:
         """Optimizer steps per rollout batch and epoch (PPO's mini-batches; 1 otherwise)."""
         return self.algorithm.mini_batch_count
+
+    @property
+    def learner_dtype(self) -> str:
+        return self.learner.dtype or self.model.dtype
+
+    @property
+    def rollout_dtype(self) -> str:
+        return self.rollout.dtype or self.model.dtype
 
     @property
     def run_dir(self) -> Path:
