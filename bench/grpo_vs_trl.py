@@ -6,6 +6,14 @@ phase), the mean reward over the first and last steps, and the ratios.
     python bench/grpo_vs_trl.py --hidden 64 --steps 30
     python bench/grpo_vs_trl.py --model real         # SmolLM2-135M-Instruct (`make real-model`),
                                                      # Flywheel with vLLM, with the HF engine, and TRL
+    python bench/grpo_vs_trl.py --model real --only flywheel-vllm --only flywheel-async \
+        --only flywheel-lora --only flywheel-best --only trl --only trl-lora
+
+Configurations: `flywheel-vllm` (vLLM rollouts, synchronous, full weights, float32), `flywheel`
+(the HF engine), `flywheel-async` (vLLM, `rollout.max_staleness = 1`), `flywheel-lora` (vLLM,
+LoRA rank 16 on every linear layer of the blocks, `--lora-lr`), `flywheel-bf16` (vLLM,
+`model.dtype = bfloat16`), `flywheel-best` (vLLM, async and LoRA), `trl` and `trl-lora` (TRL's
+GRPOTrainer, full weights or its own peft LoRA with the same rank, targets and learning rate).
 
 Step times exclude the first step of each (start-up, lazy initialisation); wall time includes
 everything from the call to the return, Ray, DeepSpeed and vLLM start-up included. Runs alternate
@@ -36,6 +44,53 @@ REAL_MODEL = ROOT / "runs" / "smollm2-135m-instruct"
 REWARD_PATH = "tests.fixtures.trl_rewards:digit_share"
 
 
+def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's best square-matmul FLOP/s in `dtype` on every core (the learner's ceiling)."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    a @ b  # warm up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def parameter_count(model: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in model.glob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            for key in f.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                total += _numel(f.get_slice(key).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def prompt_tokens_mean(model: Path) -> float:
+    from transformers import AutoTokenizer
+
+    from environments import build
+
+    tok = AutoTokenizer.from_pretrained(model)
+    tasks = build("dataset", {"train": str(DATA)}).tasks("train")
+    return statistics.fmean(len(tok.apply_chat_template(t.prompt, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=True)["input_ids"]) for t in tasks)
+
+
 def summarise(step_seconds: list[float], tokens: list[float], rewards: list[float], wall: float) -> dict:
     steady, ends = slice(1, None), max(1, min(5, len(rewards) // 3))
     return {
@@ -47,7 +102,15 @@ def summarise(step_seconds: list[float], tokens: list[float], rewards: list[floa
     }
 
 
-def run_flywheel(model: Path, out: Path, a, engine: str = "hf") -> dict:
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_spec(a) -> dict:
+    return {"rank": 16, "alpha": 32.0, "target_modules": LORA_TARGETS}
+
+
+def run_flywheel(model: Path, out: Path, a, engine: str = "hf", max_staleness: int = 0, lora: bool = False,
+                 dtype: str = "float32") -> dict:
     from trainer.loop import train
     from trainer.spec import parse_spec
 
@@ -57,8 +120,9 @@ def run_flywheel(model: Path, out: Path, a, engine: str = "hf") -> dict:
         "rewards": [{"import_path": REWARD_PATH}],
         "algorithm": {"type": "grpo", "group_size": a.group, "clip_eps_high": 0.28, "loss_agg": "token_mean"},
         "rollout": {"engine": engine, "workers": a.workers, "prompts_per_step": a.prompts,
-                    "max_new_tokens": a.tokens, "vllm": {"max_model_len": 512}},
-        "learner": {"ranks": a.ranks, "zero_stage": a.zero_stage, "lr": a.lr, "micro_batch": a.prompts * a.group // a.ranks},
+                    "max_new_tokens": a.tokens, "vllm": {"max_model_len": 512}, "max_staleness": max_staleness},
+        "learner": {"ranks": a.ranks, "zero_stage": a.zero_stage, "lr": a.lora_lr if lora else a.lr,
+                    "micro_batch": a.prompts * a.group // a.ranks, "lora": lora_spec(a) if lora else None},
         "schedule": {"steps": a.steps, "checkpoint_interval": 0, "seed": 0},
         "logging": {"wandb_mode": "disabled"},
     })
@@ -71,10 +135,16 @@ def run_flywheel(model: Path, out: Path, a, engine: str = "hf") -> dict:
     out["phases"] = {k: statistics.fmean(m[f"time/{k}"] for m in h[1:]) for k in ("rollout", "reward", "learn", "sync")}
     out["rollout_tokens_per_s"] = sum(tokens[1:]) / sum(m["time/rollout"] for m in h[1:])
     out["mismatch"] = max(m["mismatch/logprob_diff_mean"] for m in h)
+    out["waits"] = {k: statistics.fmean(m[f"time/{k}"] for m in h[1:]) for k in ("learner_wait", "worker_wait")}
+    # The learner's work: forward and backward over every prompt and completion token, 6 N per
+    # token with full weights, 4 N with LoRA (no weight gradients for the frozen base).
+    sequence_tokens = [(a.prompt_tokens + m["response/length_mean"]) * a.prompts * a.group for m in h[1:]]
+    out["learner_flops"] = (4 if lora else 6) * a.params * sum(sequence_tokens) / sum(m["time/learn"] for m in h[1:])
+    out["dtype"] = dtype
     return out
 
 
-def run_trl(model: Path, out: Path, a) -> dict:
+def run_trl(model: Path, out: Path, a, lora: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -107,9 +177,15 @@ def run_trl(model: Path, out: Path, a) -> dict:
         temperature=1.0, seed=0, bf16=False, disable_tqdm=True,
     )
     start = time.perf_counter()
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        config.learning_rate = a.lora_lr
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[digit_share],
                           args=config, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(model),
-                          callbacks=[Clock()])
+                          callbacks=[Clock()], peft_config=peft_config)
     trainer.train()
     wall = time.perf_counter() - start
     tokens = [log["completions/mean_length"] * a.prompts * a.group for log in logs]
@@ -127,6 +203,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128, help="the tiny model's")
     p.add_argument("--layers", type=int, default=2, help="the tiny model's")
     p.add_argument("--lr", type=float, default=None, help="default: 3e-3 tiny, 1e-5 real")
+    p.add_argument("--lora-lr", type=float, default=None, help="LoRA runs' (default: 3e-2 tiny, 1e-4 real)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--zero-stage", type=int, default=2)
@@ -135,11 +212,12 @@ def main() -> None:
     a = p.parse_args()
     real = a.model == "real"
     for name, tiny, big in (("steps", 30, 8), ("group", 8, 4), ("tokens", 16, 32), ("lr", 3e-3, 1e-5),
-                            ("repeats", 3, 2)):
+                            ("lora_lr", 3e-2, 1e-4), ("repeats", 3, 2)):
         if getattr(a, name) is None:
             setattr(a, name, big if real else tiny)
 
-    names = [n for n in RUNNERS if (a.only is None and (real or n != "flywheel-vllm")) or n in (a.only or [])]
+    default = ["flywheel-vllm", "flywheel", "trl"] if real else ["flywheel", "trl"]
+    names = [n for n in RUNNERS if n in (a.only or default)]
     runs: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         if real:
@@ -149,6 +227,7 @@ def main() -> None:
         else:
             model = build_tiny_model(Path(tmp) / "model", corpus_lines(DATA), hidden=a.hidden, layers=a.layers)
             about = f"tiny, hidden {a.hidden} × {a.layers} layers"
+        a.params, a.prompt_tokens = parameter_count(model), prompt_tokens_mean(model)
         for i in range(a.repeats):
             for name in names if i % 2 == 0 else names[::-1]:  # alternate the order against drift
                 runs[name].append(RUNNERS[name](model, Path(tmp) / f"{name}{i}", a))
@@ -162,7 +241,12 @@ def main() -> None:
 RUNNERS = {
     "flywheel-vllm": lambda model, out, a: run_flywheel(model, out, a, engine="vllm"),
     "flywheel": run_flywheel,
+    "flywheel-async": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", max_staleness=1),
+    "flywheel-lora": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", lora=True),
+    "flywheel-bf16": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", dtype="bfloat16"),
+    "flywheel-best": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", max_staleness=1, lora=True),
     "trl": run_trl,
+    "trl-lora": lambda model, out, a: run_trl(model, out, a, lora=True),
 }
 
 
@@ -183,16 +267,26 @@ def report(runs: dict[str, list[dict]], a, about: str) -> None:
     for name, r in results.items():
         if "phases" in r:
             print(f"{name} seconds per step by phase: " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
+                  + "; waits: " + ", ".join(f"{k} {v:.3f}" for k, v in r["waits"].items())
                   + f"; rollout-learner logprob mismatch (mean, worst step) {r['mismatch']:.2e}")
+    peaks = {d: matmul_peak_flops(d) for d in sorted({r["dtype"] for r in results.values() if "dtype" in r})}
+    for name, r in results.items():
+        if "learner_flops" in r:
+            peak = peaks[r["dtype"]]
+            print(f"{name} learner: {r['learner_flops'] / 1e9:.1f} GFLOP/s achieved; matmul peak "
+                  f"{peak / 1e9:.1f} GFLOP/s ({r['dtype']}, {os.cpu_count()} threads): {r['learner_flops'] / peak:.0%}")
     if {"flywheel-vllm", "flywheel"} <= results.keys():
         v, h = results["flywheel-vllm"], results["flywheel"]
         print(f"ratio vllm/hf engine: rollout tokens/s {v['rollout_tokens_per_s'] / h['rollout_tokens_per_s']:.2f}×, "
               f"s/step {h['s_per_step'] / v['s_per_step']:.2f}× faster")
-    for name in ("flywheel-vllm", "flywheel"):
-        if {name, "trl"} <= results.keys():
-            fw, trl = results[name], results["trl"]
-            print(f"ratio {name}/trl: tokens/s {fw['tokens_per_s'] / trl['tokens_per_s']:.2f}×, "
-                  f"s/step {trl['s_per_step'] / fw['s_per_step']:.2f}× faster")
+    for name, peer in (("flywheel-vllm", "trl"), ("flywheel", "trl"), ("flywheel-async", "flywheel-vllm"),
+                       ("flywheel-lora", "flywheel-vllm"), ("flywheel-bf16", "flywheel-vllm"),
+                       ("flywheel-lora", "trl-lora"), ("flywheel-best", "trl"), ("flywheel-best", "trl-lora")):
+        if {name, peer} <= results.keys():
+            fw, other = results[name], results[peer]
+            print(f"ratio {name}/{peer}: tokens/s {fw['tokens_per_s'] / other['tokens_per_s']:.2f}×, "
+                  f"s/step {other['s_per_step'] / fw['s_per_step']:.2f}× faster, reward last "
+                  f"{fw['reward_last']:.3f} vs {other['reward_last']:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ ALGORITHMS = {
     "dr_grpo": {"type": "dr_grpo"},
     "rloo": {"type": "rloo", "clip_eps_high": 0.28},
     "reinforce_pp": {"type": "reinforce_pp", "group_size": 8},
-    "reinforce_pp_baseline": {"type": "reinforce_pp", "group_size": 8, "baseline": True},
+    # (REINFORCE++'s `baseline` variant differs only in its advantages, tested exactly in
+    # tests/unit/test_policy_gradient_family.py.)
     # Nearly every completion of the random model runs to the token limit, so DAPO's truncation
     # filter would leave nothing to learn from; its overlong shaping covers that end instead.
     "dapo": {"type": "dapo", "filter_truncated": False, "overlong_buffer": 4, "overlong_penalty": 0.2},

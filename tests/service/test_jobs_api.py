@@ -216,3 +216,12 @@ def test_health_readiness_and_prometheus(client, alice, spec):
     text = client.get("/metrics").text
     assert 'flywheel_jobs{state="queued"} 1.0' in text and "flywheel_queue_length 1.0" in text
     assert 'flywheel_http_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in text
+
+
+def test_timestamps_carry_their_zone_on_every_read(client, alice, spec):
+    created = client.post("/v1/jobs", json=spec, headers=alice).json()
+    read = client.get(f"/v1/jobs/{created['id']}", headers=alice).json()
+    listed = client.get("/v1/jobs", headers=alice).json()["jobs"][0]
+    event = client.get(f"/v1/jobs/{created['id']}/events", headers=alice).json()["events"][0]
+    for stamp in (created["created_at"], read["created_at"], listed["created_at"], event["created_at"]):
+        assert stamp.endswith(("Z", "+00:00")), stamp
