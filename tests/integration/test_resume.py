@@ -56,7 +56,9 @@ def optimizer_state(ckpt_step_dir):
     return torch.cat(tensors)
 
 
-@pytest.mark.parametrize(("lora", "max_staleness"), [(None, 0), (LORA, 0), (None, 1)], ids=["full", "lora", "async"])
+# Full weights are resumed in the asynchronous case (with its batch in flight besides), so a
+# third, synchronous full-weight run would add nothing but time.
+@pytest.mark.parametrize(("lora", "max_staleness"), [(LORA, 0), (None, 1)], ids=["lora", "async"])
 def test_stop_and_resume_matches_an_uninterrupted_run(tiny_model, tmp_path, ray_cluster, lora, max_staleness):
     straight = train(spec_for(tiny_model, tmp_path / "straight", lora, max_staleness), echo=lambda _: None)
 
