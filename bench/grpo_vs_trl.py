@@ -23,6 +23,7 @@ their order across repeats against drift; the median run (by s/step) of each is 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -68,16 +69,8 @@ def parameter_count(model: Path) -> int:
     total = 0
     for path in model.glob("*.safetensors"):
         with safe_open(path, "pt") as f:
-            for key in f.keys():  # noqa: SIM118  (safe_open has no __iter__)
-                total += _numel(f.get_slice(key).get_shape())
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
     return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def prompt_tokens_mean(model: Path) -> float:
