@@ -108,7 +108,7 @@ def run_flywheel(model: Path, out: Path, a, engine: str = "hf", max_staleness: i
     from trainer.spec import parse_spec
 
     spec = parse_spec({
-        "name": "bench", "output_dir": str(out), "model": {"path": str(model)},
+        "name": "bench", "output_dir": str(out), "model": {"path": str(model), "dtype": dtype},
         "environment": {"name": "dataset", "config": {"train": str(DATA)}},
         "rewards": [{"import_path": REWARD_PATH}],
         "algorithm": {"type": "grpo", "group_size": a.group, "clip_eps_high": 0.28, "loss_agg": "token_mean"},

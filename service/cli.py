@@ -6,6 +6,7 @@
     export FLYWHEEL_URL=http://127.0.0.1:8000 FLYWHEEL_API_KEY=fw_...
     flywheel submit configs/demo.toml --follow
     flywheel list | get JOB | follow JOB | cancel JOB | validate SPEC | rewards | environments
+    flywheel traces import LOGS.jsonl | export --outcome resolved | stats --model support-agent
     flywheel models import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct
 """
 
@@ -18,16 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich import box
-from rich.console import Console
-from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.client import check, client, console, names_table, show
+from service.traces.cli import traces
 from trainer.spec.results import result_table
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
@@ -35,7 +35,7 @@ admin = typer.Typer(help="Teams and API keys (acts on the store directly).", no_
 app.add_typer(admin, name="admin")
 models = typer.Typer(help="Base models on this machine.", no_args_is_help=True)
 app.add_typer(models, name="models")
-console = Console()
+app.add_typer(traces, name="traces")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -145,25 +145,6 @@ def revoke_key(key_id: str) -> None:
 
 # ── client ─────────────────────────────────────────────────────────────────────────────────────
 
-def _client() -> httpx.Client:
-    key = os.environ.get("FLYWHEEL_API_KEY")
-    if not key:
-        console.print("set FLYWHEEL_API_KEY (flywheel admin create-key TEAM prints one)", style="red")
-        raise typer.Exit(2)
-    return httpx.Client(base_url=os.environ.get("FLYWHEEL_URL", "http://127.0.0.1:8000"),
-                        headers={"Authorization": f"Bearer {key}"}, timeout=60)
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.is_success:
-        return response.json()
-    err = response.json().get("error", {})
-    console.print(f"error {response.status_code} {err.get('code')}: {err.get('message')}", style="red")
-    for row in err.get("errors", [])[1:]:
-        console.print(f"  {row['field']}: {row['message']}", style="red")
-    raise typer.Exit(1)
-
-
 def _spec(path: Path) -> dict:
     from trainer.spec import load_spec
 
@@ -176,9 +157,9 @@ def submit(spec: Path, follow_: Annotated[bool, typer.Option("--follow")] = Fals
            priority: int = 0, idempotency_key: str | None = None) -> None:
     """Submit a run file; print the job id (and follow it with --follow)."""
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    with _client() as c:
+    with client() as c:
         # The spec's checks run on the cluster first (seconds; more while a new head starts up).
-        job = _check(c.post("/v1/jobs", json=_spec(spec), params={"priority": priority}, headers=headers,
+        job = check(c.post("/v1/jobs", json=_spec(spec), params={"priority": priority}, headers=headers,
                             timeout=300))
     console.print(f"{job['id']} {job['state']} (queue position {job['queue_position']})")
     if follow_:
@@ -190,27 +171,12 @@ def validate(spec: Path, dry_run: Annotated[int, typer.Option(
         "--dry-run", help="roll out and score N sampled tasks with the base model")] = 0) -> None:
     """Validate a run file on the service without launching it (and, with --dry-run N, see what
     its rewards will look like)."""
-    with _client() as c:
-        out = _check(c.post("/v1/jobs:validate", json=_spec(spec), params={"dry_run": dry_run},
+    with client() as c:
+        out = check(c.post("/v1/jobs:validate", json=_spec(spec), params={"dry_run": dry_run},
                             timeout=600))
     console.print("valid")
     if "dry_run" in out:
         print_dry_run(out["dry_run"])
-
-
-def names_table(name: str, *headers: str) -> Table:
-    """A compact table: a column of names, then right-aligned values."""
-    table = Table(name, box=box.SIMPLE_HEAD, pad_edge=False)
-    for header in headers:
-        table.add_column(header, justify="right")
-    return table
-
-
-def show(table: Table) -> None:
-    """Print a table at its natural width, even piped or on an 80-column terminal: a wide table
-    wraps in the terminal rather than having its names and numbers cut to `form…`."""
-    width = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    Console(width=max(console.width, width), file=console.file).print(table)
 
 
 def print_dry_run(r: dict) -> None:
@@ -232,8 +198,8 @@ def print_dry_run(r: dict) -> None:
 
 @app.command("list")
 def list_jobs(state: str | None = None, limit: int = 20) -> None:
-    with _client() as c:
-        page = _check(c.get("/v1/jobs", params={k: v for k, v in {"state": state, "limit": limit}.items() if v}))
+    with client() as c:
+        page = check(c.get("/v1/jobs", params={k: v for k, v in {"state": state, "limit": limit}.items() if v}))
     table = Table("id", "name", "state", "step", "reward", "created", box=box.SIMPLE_HEAD, pad_edge=False)
     for j in page["jobs"]:
         reward = (j["latest_metrics"] or {}).get("reward/mean")
@@ -244,15 +210,15 @@ def list_jobs(state: str | None = None, limit: int = 20) -> None:
 
 @app.command()
 def get(job_id: str) -> None:
-    with _client() as c:
-        print(json.dumps(_check(c.get(f"/v1/jobs/{job_id}")), indent=2))
+    with client() as c:
+        print(json.dumps(check(c.get(f"/v1/jobs/{job_id}")), indent=2))
 
 
 @app.command()
 def result(job_id: str) -> None:
     """The job's evaluation before and after training, side by side."""
-    with _client() as c:
-        job = _check(c.get(f"/v1/jobs/{job_id}"))
+    with client() as c:
+        job = check(c.get(f"/v1/jobs/{job_id}"))
     if not job.get("result"):
         console.print(f"{job_id} has no evaluation yet (state {job['state']})")
         raise typer.Exit(1)
@@ -261,19 +227,19 @@ def result(job_id: str) -> None:
 
 @app.command()
 def cancel(job_id: str) -> None:
-    with _client() as c:
-        job = _check(c.post(f"/v1/jobs/{job_id}/cancel"))
+    with client() as c:
+        job = check(c.post(f"/v1/jobs/{job_id}/cancel"))
     console.print(f"{job['id']} {job['state']}")
 
 
 @app.command()
 def follow(job_id: str, interval: float = 1.0) -> None:
     """A progress bar until the job ends; exit 1 unless it succeeded."""
-    with _client() as c, Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+    with client() as c, Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(job_id, total=None, info="")
         while True:
-            job = _check(c.get(f"/v1/jobs/{job_id}"))
+            job = check(c.get(f"/v1/jobs/{job_id}"))
             m = job["latest_metrics"] or {}
             info = f"{job['state']} step {job['step']}/{job['steps']}"
             if "reward/mean" in m:
@@ -291,15 +257,15 @@ def follow(job_id: str, interval: float = 1.0) -> None:
 
 @app.command()
 def rewards() -> None:
-    with _client() as c:
-        for name, info in _check(c.get("/v1/rewards"))["rewards"].items():
+    with client() as c:
+        for name, info in check(c.get("/v1/rewards"))["rewards"].items():
             console.print(f"{name:20} {info['source']:12} {(info['doc'] or '').splitlines()[0] if info['doc'] else ''}")
 
 
 @app.command()
 def environments() -> None:
-    with _client() as c:
-        for name, info in _check(c.get("/v1/environments"))["environments"].items():
+    with client() as c:
+        for name, info in check(c.get("/v1/environments"))["environments"].items():
             console.print(f"{name:20} {info['doc'].splitlines()[0] if info['doc'] else ''}")
 
 

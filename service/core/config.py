@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_048_576
     """Largest request body accepted; a larger one is refused with 413 before it is parsed."""
 
+    max_trace_batch: int = 1000
+    """Traces one `POST /v1/traces` may carry; more is refused with 413 before anything is written."""
+
+    max_trace_bytes: int = 1_048_576
+    """Largest single trace (its JSON); a larger one is refused with 413 naming it."""
+
+    max_trace_batch_bytes: int = 33_554_432
+    """Largest `POST /v1/traces` body (the other routes keep `max_body_bytes`)."""
+
     max_checks_per_team: int = 2
     """Validations, dry runs and reward runs one team may have running or waiting at once; more
     are refused with 429 and Retry-After, so one team cannot hold the others up."""

@@ -3,6 +3,8 @@ listing every bad field when a request fails validation)."""
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,12 +15,16 @@ from starlette.routing import Match
 from service.core.states import IllegalTransition
 from trainer.spec import SpecError
 
+UNION_MEMBER = re.compile(r"str|int|float|bool|none|[a-z_-]+\[.*\]|[A-Z][A-Za-z0-9]*")
+"""A location part that names which member of a union pydantic tried (`str`, `list[TextPart]`,
+`TextPart`), not a field: the API's fields are snake_case."""
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, errors: list[dict[str, str]] | None = None):
         self.status, self.code, self.message, self.field = status, code, message, field
-        self.headers = headers
+        self.headers, self.errors = headers, errors
 
 
 def not_found(what: str) -> ApiError:
@@ -40,7 +46,8 @@ def json_error(status: int, code: str, message: str, field: str | None = None) -
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(_body(exc.code, exc.message, exc.field, exc.errors), status_code=exc.status,
+                            headers=exc.headers)
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError):
@@ -59,7 +66,9 @@ def install(app: FastAPI) -> None:
                 kind = exc.body.get("kind") if isinstance(exc.body, dict) else None
                 loc = loc[2:] if len(loc) > 2 and loc[1] == kind else loc[1:]
             message = "malformed JSON: " + err["msg"] if err["type"] == "json_invalid" else err["msg"]
-            rows.append({"field": ".".join(loc), "message": message})
+            field = ".".join(p for p in loc if not UNION_MEMBER.fullmatch(p))
+            if not any(r["field"] == field for r in rows):  # one row per field, not one per union member
+                rows.append({"field": field, "message": message})
         first = rows[0]
         return JSONResponse(_body("invalid_request", f"{first['field'] or 'body'}: {first['message']}",
                                   first["field"] or None, rows), status_code=422)

@@ -1,4 +1,5 @@
-"""The system of record: teams, API keys, jobs, and each job's events, metrics and checkpoints.
+"""The system of record: teams, API keys, jobs, each job's events, metrics and checkpoints, and
+the production traces (conversations and their outcomes) that later jobs learn from.
 
 SQLAlchemy 2 models; the schema is created and upgraded by Alembic (`service/migrations`), the
 same code on SQLite and Postgres. Rows that a trainer reports carry a per-job sequence number or
@@ -138,6 +139,30 @@ class JobCheckpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Trace(Base):
+    """One production conversation: OpenAI-format `messages` (assistant turns may carry their
+    behaviour logprobs), the model that wrote them, and the outcome labels, which may come later."""
+
+    __tablename__ = "traces"
+    __table_args__ = (UniqueConstraint("team_id", "trace_id"),
+                      Index("ix_traces_team_created", "team_id", "created_at", "id"),
+                      Index("ix_traces_team_model_created", "team_id", "model", "created_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
+    trace_id: Mapped[str] = mapped_column(String(200))
+    """The client's id: the same id sent twice is stored once."""
+    model: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    """Labels (`{"outcome": "resolved"}`, `{"accepted": false}`, numbers); SQL NULL until known."""
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    """When the conversation happened (the client's time, else when it arrived)."""
+    received_at: Mapped[datetime] = mapped_column(default=now)
+    outcome_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Lease(Base):

@@ -40,12 +40,15 @@ def test_schemathesis_finds_no_failure_in_any_operation(tiny_model, tmp_path, ra
                 "rewards": [{"name": "regex", "config": {"pattern": "[0-9]+"}}]}
         job = server.client.post("/v1/jobs", json=spec)
         assert job.status_code == 201, job.text
+        trace = {"trace_id": "fuzzed-1", "model": "agent", "messages": [{"role": "user", "content": "hi"},
+                                                                         {"role": "assistant", "content": "hello"}]}
+        assert server.client.post("/v1/traces", json={"traces": [trace]}).status_code == 201
         token, token_hash = new_job_token()
         with Teams(server.database_url).sessions() as s:
             s.get(Job, job.json()["id"]).report_token_hash = token_hash
             s.commit()
         env = {**os.environ, "FLYWHEEL_API_KEY": server.key, "FLYWHEEL_JOB_ID": job.json()["id"],
-               "FLYWHEEL_JOB_TOKEN": token, "NO_COLOR": "1"}
+               "FLYWHEEL_JOB_TOKEN": token, "FLYWHEEL_TRACE_ID": "fuzzed-1", "NO_COLOR": "1"}
         run = subprocess.run([str(Path(sys.executable).parent / "st"), "--config-file", str(CONFIG), "run",
                               f"{server.url}/openapi.json", "--max-examples", "6", "--seed", "1", "--workers", "1"],
                              env=env, capture_output=True, text=True, timeout=900)

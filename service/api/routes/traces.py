@@ -1,0 +1,104 @@
+"""`/v1/traces`: production conversations and their outcomes — ingest in batches (idempotent by
+trace id), outcomes that arrive later, filtered reads with a cursor, and outcome rates by model
+version and day."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import AwareDatetime
+
+from service.api.deps import SessionDep, TeamDep
+from service.api.trace_schemas import (
+    TRACE_ID,
+    IngestOut,
+    OutcomeIn,
+    TraceBatch,
+    TraceOut,
+    TracePage,
+    TraceStats,
+)
+from service.core.errors import ApiError
+from service.core.store import Trace
+from service.traces import logic
+
+router = APIRouter(prefix="/v1/traces", tags=["traces"])
+
+TraceId = Annotated[str, Path(min_length=1, max_length=200, pattern=TRACE_ID)]
+Labels = Annotated[list[str] | None, Query(description="KEY:VALUE (repeatable; a bare VALUE is the "
+                                                               "`outcome` label); true/false and numbers match JSON ones")]
+
+
+def trace_out(t: Trace) -> TraceOut:
+    return TraceOut(trace_id=t.trace_id, model=t.model, model_version=t.model_version, messages=t.messages,
+                    outcome=t.outcome, metadata=t.meta, created_at=t.created_at, received_at=t.received_at,
+                    outcome_at=t.outcome_at)
+
+
+def trace_filter(model: Annotated[str | None, Query(max_length=200)] = None,
+                 model_version: Annotated[str | None, Query(max_length=100)] = None,
+                 outcome: Labels = None, pending: bool | None = None,
+                 since: AwareDatetime | None = None, until: AwareDatetime | None = None) -> logic.TraceFilter:
+    return logic.TraceFilter(model=model, model_version=model_version, outcome=tuple(outcome or ()), pending=pending,
+                             since=since, until=until)
+
+
+Filter = Annotated[logic.TraceFilter, Depends(trace_filter)]
+
+
+@router.post("", status_code=201, response_model=IngestOut, responses={
+    200: {"model": IngestOut, "description": "nothing new was stored: every trace was a duplicate"}})
+def ingest(request: Request, response: Response, session: SessionDep, team: TeamDep, batch: TraceBatch) -> IngestOut:
+    """Store a batch of traces, all or none: a batch with one bad trace writes nothing, and the
+    error names the field. A trace id already stored is a duplicate, not an error (retries are
+    safe); 200 instead of 201 when nothing new was stored."""
+    settings = request.app.state.settings
+    if len(batch.traces) > settings.max_trace_batch:
+        raise ApiError(413, "batch_too_large", f"traces: {len(batch.traces)} traces in one batch, the limit is "
+                                               f"{settings.max_trace_batch} (FLYWHEEL_MAX_TRACE_BATCH)", "traces")
+    problems = []
+    for i, trace in enumerate(batch.traces):
+        size = len(trace.model_dump_json(exclude_none=True))
+        if size > settings.max_trace_bytes:
+            raise ApiError(413, "trace_too_large", f"traces.{i}: {size:,} bytes, the limit for one trace is "
+                                                   f"{settings.max_trace_bytes:,} (FLYWHEEL_MAX_TRACE_BYTES)",
+                           f"traces.{i}")
+        problems += logic.trace_problems(trace, f"traces.{i}")
+    if problems:
+        raise ApiError(422, "invalid_trace", f"{problems[0]['field']}: {problems[0]['message']}",
+                       problems[0]["field"], errors=problems)
+    duplicates = logic.ingest(session, team.id, batch.traces)
+    stored = len(batch.traces) - len(duplicates)
+    if not stored:
+        response.status_code = 200
+    return IngestOut(received=len(batch.traces), stored=stored, duplicates=duplicates)
+
+
+@router.get("", response_model=TracePage)
+def list_traces(session: SessionDep, team: TeamDep, where: Filter,
+                cursor: Annotated[str | None, Query(max_length=200)] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> TracePage:
+    rows, next_cursor = logic.page(session, team.id, where, cursor, limit)
+    return TracePage(traces=[trace_out(t) for t in rows], next_cursor=next_cursor)
+
+
+@router.get("/stats", response_model=TraceStats)
+def stats(session: SessionDep, team: TeamDep, where: Filter,
+          label: Annotated[str, Query(min_length=1, max_length=100)] = "outcome") -> TraceStats:
+    """The production dashboard: per model, version and UTC day, the traces and the rates of each
+    value of `label` among those that have it."""
+    return TraceStats(label=label, rows=logic.stats(session, team.id, where, label))
+
+
+@router.get("/{trace_id}", response_model=TraceOut)
+def get(session: SessionDep, team: TeamDep, trace_id: TraceId) -> TraceOut:
+    return trace_out(logic.owned_trace(session, team.id, trace_id))
+
+
+@router.post("/{trace_id}/outcome", response_model=TraceOut)
+def outcome(session: SessionDep, team: TeamDep, trace_id: TraceId, body: OutcomeIn) -> TraceOut:
+    """Report (or correct) a trace's outcome once it is known: merged into its labels, or with
+    `replace` instead of them."""
+    trace = logic.owned_trace(session, team.id, trace_id)
+    return trace_out(logic.set_outcome(session, trace, body.outcome, body.replace))
