@@ -48,6 +48,7 @@ def main() -> None:
     a = p.parse_args()
 
     from service import cli
+    from service.client import check
     from service.core.store import create_team_with_key
     from trainer.spec import load_spec, parse_overrides
 
@@ -67,7 +68,7 @@ def main() -> None:
         os.environ.update(FLYWHEEL_URL=url, FLYWHEEL_API_KEY=key)
         spec = load_spec(ROOT / a.config, parse_overrides(a.set)).model_dump(mode="json")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
-            job = cli._check(c.post("/v1/jobs", json=spec))
+            job = check(c.post("/v1/jobs", json=spec))
         print(f"submitted {job['id']} ({spec['name']}): POST {url}/v1/jobs", flush=True)
         started = time.monotonic()
         try:
