@@ -32,7 +32,8 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 def test_schemathesis_finds_no_failure_in_any_operation(tiny_model, tmp_path, ray_head):
     server = ServiceProcess(tmp_path, ray_head)
     try:
-        operations = sum(len(ops) for ops in server.client.get("/openapi.json").json()["paths"].values())
+        operations = sum(len(ops) for path, ops in server.client.get("/openapi.json").json()["paths"].items()
+                         if not path.startswith("/v1/traces"))  # not fuzzed yet: schemathesis.toml says why
         # One real job, so that the operations on a job reach their logic rather than a 404, and
         # its trainer token (as the scheduler hands it out at launch), so that reports do too.
         spec = {"name": "fuzzed", "model": {"path": str(tiny_model)},
@@ -57,6 +58,6 @@ def test_schemathesis_finds_no_failure_in_any_operation(tiny_model, tmp_path, ra
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-8000:]
     tested = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", report)
-    assert tested is not None and {int(n) for n in tested.groups()} == {operations}, report[-3000:]
+    assert tested is not None and int(tested[1]) == int(tested[3]) == operations, report[-3000:]
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert re.search(rf"✅\s+{phase}", report), (phase, report[-3000:])
