@@ -8,7 +8,6 @@ import base64
 import binascii
 import re
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -217,7 +216,7 @@ def stats(session: Session, team_id: str, where: TraceFilter, label: str) -> lis
     rates (or its mean, for a number)."""
     query = where.apply(select(Trace.model, Trace.model_version, Trace.created_at, Trace.outcome), team_id)
     groups: dict[tuple, dict[str, Any]] = defaultdict(lambda: {"traces": 0, "values": defaultdict(int), "numbers": []})
-    for model, version, created, outcome in _stream(session, query):
+    for model, version, created, outcome in session.execute(query.execution_options(yield_per=5000)):
         g = groups[(model, version or "", created.astimezone(UTC).date().isoformat())]
         g["traces"] += 1
         value = (outcome or {}).get(label)
@@ -234,6 +233,3 @@ def stats(session: Session, team_id: str, where: TraceFilter, label: str) -> lis
                      "mean": sum(g["numbers"]) / len(g["numbers"]) if g["numbers"] else None})
     return rows
 
-
-def _stream(session: Session, query: Select) -> Iterator[tuple]:
-    yield from session.execute(query.execution_options(yield_per=5000))
