@@ -98,7 +98,7 @@ class TraceBatch(_Closed):
 
 class OutcomeIn(_Closed):
     outcome: Outcome = Field(min_length=1)
-    replace: bool = False
+    replace: StrictBool = False
     """False: merge these labels into the trace's; true: they become its whole outcome."""
 
 

@@ -114,8 +114,9 @@ def test_filters_and_cursor_pages(alice):
     tab = alice.get("/v1/traces/stats", params={"model": "tab", "label": "accepted"}).json()["rows"]
     assert tab[0]["values"] == {"false": 1} and tab[0]["rates"] == {"false": 1.0}
 
-    for params, field in (({"cursor": "not-a-cursor"}, "cursor"), ({"outcome": "outcome:"}, "outcome"),
-                          ({"since": "2026-11-01T09:00:00"}, "since")):  # a time without its zone
+    for params, field in (({"cursor": "bm90IGEgY3Vyc29y"}, "cursor"), ({"cursor": "not a cursor"}, "cursor"),
+                          ({"outcome": "outcome:"}, "outcome.0"), ({"since": "2026-11-01T09:00:00"}, "since"),
+                          ({"until": "0.5"}, "until"), ({"pending": "0"}, "pending")):
         bad = alice.get("/v1/traces", params=params)
         assert bad.status_code == 422 and bad.json()["error"]["field"].endswith(field), bad.text
 

@@ -4,10 +4,11 @@ version and day."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator, Field
 
 from service.api.deps import SessionDep, TeamDep
 from service.api.trace_schemas import (
@@ -26,8 +27,27 @@ from service.traces import logic
 router = APIRouter(prefix="/v1/traces", tags=["traces"])
 
 TraceId = Annotated[str, Path(min_length=1, max_length=200, pattern=TRACE_ID)]
-Labels = Annotated[list[str] | None, Query(description="KEY:VALUE (repeatable; a bare VALUE is the "
-                                                               "`outcome` label); true/false and numbers match JSON ones")]
+Labels = Annotated[list[Annotated[str, Field(max_length=300, pattern=r"^[^:]+(:[\s\S]+)?$")]] | None,
+                   Query(description="KEY:VALUE (repeatable; a bare VALUE is the `outcome` label); true/false and "
+                                     "numbers match JSON ones")]
+
+
+def _iso(value: object) -> object:
+    """A query time is an ISO 8601 string (`2026-11-28T10:00:00Z`), not the seconds pydantic would also take."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected an ISO 8601 date-time with a time zone, such as 2026-11-28T10:00:00Z")
+    return value
+
+
+def _strict_bool(value: object) -> object:
+    """A query flag is `true` or `false`, not the `0`/`yes`/`on` pydantic would also take."""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_iso)]
+Flag = Annotated[bool, BeforeValidator(_strict_bool)]
 
 
 def trace_out(t: Trace) -> TraceOut:
@@ -38,8 +58,8 @@ def trace_out(t: Trace) -> TraceOut:
 
 def trace_filter(model: Annotated[str | None, Query(max_length=200)] = None,
                  model_version: Annotated[str | None, Query(max_length=100)] = None,
-                 outcome: Labels = None, pending: bool | None = None,
-                 since: AwareDatetime | None = None, until: AwareDatetime | None = None) -> logic.TraceFilter:
+                 outcome: Labels = None, pending: Flag | None = None,
+                 since: Time | None = None, until: Time | None = None) -> logic.TraceFilter:
     return logic.TraceFilter(model=model, model_version=model_version, outcome=tuple(outcome or ()), pending=pending,
                              since=since, until=until)
 
@@ -77,7 +97,7 @@ def ingest(request: Request, response: Response, session: SessionDep, team: Team
 
 @router.get("", response_model=TracePage)
 def list_traces(session: SessionDep, team: TeamDep, where: Filter,
-                cursor: Annotated[str | None, Query(max_length=200)] = None,
+                cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+=*$")] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> TracePage:
     rows, next_cursor = logic.page(session, team.id, where, cursor, limit)
     return TracePage(traces=[trace_out(t) for t in rows], next_cursor=next_cursor)
