@@ -29,6 +29,19 @@ def path_fields(config_model: type[BaseModel]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class LoggedReply:
+    """What a deployed model said after a task's prompt, as production logged it (the `traces`
+    environment): the rest of the conversation, and for each of its messages the behaviour
+    policy's logprobs where an assistant message has them (`token_ids` or OpenAI's `tokens`, with
+    `logprobs`), else None."""
+
+    messages: list[Message]
+    behaviour: list[dict[str, list] | None]
+    model: str | None = None
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
 class Task:
     """One prompt: chat messages plus the row's other columns."""
 
@@ -38,6 +51,8 @@ class Task:
     prompt_text: str | None = None
     """Set when the data gave a plain-string prompt: reward modules then see strings, as in TRL's
     standard (non-conversational) format; otherwise prompts and completions are message lists."""
+    logged: LoggedReply | None = None
+    """A logged trace's reply, to learn from instead of rolling out (the `traces` environment)."""
 
 
 @dataclass

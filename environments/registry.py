@@ -9,10 +9,12 @@ from pydantic import ValidationError
 from environments.base import Environment, EnvironmentConfigError
 from environments.dataset import DatasetEnvironment
 from environments.support_desk import SupportDeskEnvironment
+from environments.traces import TracesEnvironment
 
 ENVIRONMENTS: dict[str, type] = {
     "dataset": DatasetEnvironment,
     "support_desk": SupportDeskEnvironment,
+    "traces": TracesEnvironment,
 }
 
 

@@ -5,6 +5,8 @@
 
 With asynchronous rollout (`rollout.max_staleness = k`) steps 1 and 2 run k steps ahead: the
 workers generate the next batches while the learners train on this one (`trainer.driver.pipeline`).
+The algorithms that learn from logged traces (`offline_pg`, `kto`, `filtered_sft`) roll nothing
+out: steps 1 and 2 take the next traces, as production logged them (`trainer.driver.offline`).
 
 It runs in the driver process; the steps it calls are in `trainer.driver`, the actors they drive
 in `trainer.actors`, and what differs between algorithms is asked of the algorithm object
@@ -27,7 +29,7 @@ from pathlib import Path
 from trainer.actors.cluster import connect, get_all, start_actors
 from trainer.algorithms import build_algorithm
 from trainer.checks.preflight import preflight
-from trainer.driver import checkpoint
+from trainer.driver import checkpoint, offline
 from trainer.driver.evaluation import evaluate, has_eval_split, report_evaluation
 from trainer.driver.learn import compute_advantages, learn, ppo_learn
 from trainer.driver.metrics import step_metrics
@@ -76,6 +78,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         state = resume[1] if resume else checkpoint.LoopState(0, 0, 0, spec.schedule.seed)
         sampler = TaskSampler(list(env.tasks("train")), state.seed, state.data_epoch, state.data_cursor)
         pipeline = RolloutPipeline(actors, sampler, spec, g, checkpoint.in_flight(ckpt_dir, resume[0]) if resume else [])
+        traces = ({s.task.id: s for s in offline.prepare(actors, sampler.tasks, spec, algorithm, echo)}
+                  if algorithm.offline else {})                                       # laid out once, up front
         if resume:
             checkpoint.restore(actors.learners, ckpt_dir, resume[0], actors.critics)
             sync_weights(actors, version=state.step)
@@ -96,12 +100,17 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)
         for step in range(state.step + 1, last + 1):
             t0, sampling_stats = time.perf_counter(), {}
-            pipeline.fill(step)                                                       # 1+2. sample, roll out
-            samples, score_refs, pipeline_stats = pipeline.take(step)                 #   (k steps ahead)
+            if algorithm.offline:                                                     # 1+2. logged traces,
+                samples, score_refs = offline.take(sampler, traces, spec.rollout.prompts_per_step, actors)
+                pipeline_stats = {}                                                   #   nothing rolled out
+            else:
+                pipeline.fill(step)                                                   # 1+2. sample, roll out
+                samples, score_refs, pipeline_stats = pipeline.take(step)             #   (k steps ahead)
             t1 = time.perf_counter()
             scores = gather_scores(score_refs)                                        # 3. score
             check_reward_failures(scores, spec.reward_failure_threshold)
-            scores, staleness_stats = drop_stale(samples, scores, step, spec.rollout.max_staleness)
+            scores, staleness_stats = ((scores, {}) if algorithm.offline
+                                       else drop_stale(samples, scores, step, spec.rollout.max_staleness))
             if algorithm.refills_groups:                                              #    (DAPO: refill)
                 samples, scores, sampling_stats = fill_with_informative_groups(actors, sampler, spec, step,
                                                                                samples, scores)
@@ -109,6 +118,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             if algorithm.needs_critic:                                                # 4+5. PPO: critic,
                 learn_stats, advantages_P_G = ppo_learn(actors, samples, scores,      #   GAE, epochs
                                                         algorithm, kl_control, spec, step)
+            elif algorithm.offline:                                                   # 4+5. from traces
+                learn_stats, advantages_P_G = offline.learn(actors, samples, scores, algorithm, spec)
             else:
                 advantages_P_G = compute_advantages(samples, scores, algorithm, g,    # 4. advantages
                                                     spec.rollout.max_new_tokens)

@@ -79,8 +79,8 @@ class TokenBatch:
         return len(self.prompt_ids_B)
 
     def rows(self, rows: list[int]) -> TokenBatch:
-        """The batch restricted to `rows`, in that order (every per-row field follows)."""
-        return type(self)(**{name: [values[i] for i in rows] if values is not None else None
+        """The batch restricted to `rows`, in that order (every per-row field follows; the rest is kept)."""
+        return type(self)(**{name: [values[i] for i in rows] if isinstance(values, list) else values
                              for name, values in vars(self).items()})
 
 
@@ -98,6 +98,8 @@ class PolicyBatch(TokenBatch):
     """One advantage per sample (GRPO and the outcome-reward family) ..."""
     advantages_B_T: list[list[float]] | None = None
     """... or one per completion token (PPO's GAE). Exactly one of the two is set."""
+    reference_point: float = 0.0
+    """KTO's z: the policy's KL from the reference, measured on mismatched pairs before the step."""
 
     def __post_init__(self) -> None:
         if (self.advantages_B is None) == (self.advantages_B_T is None):

@@ -73,11 +73,13 @@ class Learner(DeepSpeedRank):
             logprobs_B_T, entropy_B_T = self._logprobs(self.engine, mb)
             old_B_T = (mb.align(batch.old_logprobs_B_T) if batch.old_logprobs_B_T is not None
                        else logprobs_B_T.detach())
-            per_token, clipped, weight_B_T = algo.corrected_loss(logprobs_B_T, old_B_T, rollout_B_T, advantages,
-                                                             mb.mask_B_T)
-            if algo.kl_in_loss:
+            ref_B_T = None
+            if algo.reference_in_loss:
                 with torch.no_grad():
                     ref_B_T = self._reference_logprobs(mb)
+            per_token, clipped, weight_B_T = algo.corrected_loss(logprobs_B_T, old_B_T, rollout_B_T, advantages,
+                                                                 mb.mask_B_T, ref_B_T, batch.reference_point)
+            if algo.kl_in_loss:
                 kl_B_T = k3_kl(logprobs_B_T, ref_B_T)
                 per_token = per_token + algo.config.kl_beta * kl_B_T
                 stats["kl_sum"] += float((kl_B_T.detach() * mb.mask_B_T).sum())

@@ -15,6 +15,7 @@ from trainer.algorithms.base import Algorithm
 from trainer.algorithms.dapo import DAPO
 from trainer.algorithms.grpo import GRPO, DrGRPO
 from trainer.algorithms.gspo import GSPO
+from trainer.algorithms.offline import KTO, FilteredSFT, OfflinePG
 from trainer.algorithms.ppo import PPO
 from trainer.algorithms.reinforce_pp import ReinforcePP
 from trainer.algorithms.rloo import RLOO
@@ -27,6 +28,9 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "dapo": DAPO,
     "gspo": GSPO,
     "ppo": PPO,
+    "offline_pg": OfflinePG,
+    "kto": KTO,
+    "filtered_sft": FilteredSFT,
 }
 
 

@@ -24,6 +24,9 @@ class Algorithm:
     needs_critic: ClassVar[bool] = False
     """PPO: a value model on its own ranks, and advantages from GAE over its values."""
 
+    offline: ClassVar[bool] = False
+    """Learns from logged traces (`trainer.algorithms.offline`) instead of its own rollouts."""
+
     def __init__(self, config: AlgorithmSpec, max_new_tokens: int):
         self.config = config
         self.loss_constant = config.loss_constant or max_new_tokens
@@ -38,6 +41,11 @@ class Algorithm:
     def kl_in_loss(self) -> bool:
         """Whether the KL term is added to the per-token loss (else it goes into the reward)."""
         return self.needs_reference
+
+    @property
+    def reference_in_loss(self) -> bool:
+        """Whether the learner computes the reference's logprobs for the loss (a KL term, or KTO)."""
+        return self.kl_in_loss
 
     @property
     def refills_groups(self) -> bool:
@@ -70,10 +78,12 @@ class Algorithm:
                                    self.config.clip_eps_low, self.config.clip_eps_high)
 
     def corrected_loss(self, logprobs_B_T: torch.Tensor, learner_old_B_T: torch.Tensor, rollout_B_T: torch.Tensor,
-                       advantages: torch.Tensor, mask_B_T: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       advantages: torch.Tensor, mask_B_T: torch.Tensor, reference_B_T: torch.Tensor | None = None,
+                       reference_point: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`policy_loss` corrected for the rollout (another engine, dtype or older weights): per-token
-        loss, where the clip was active, and each token's importance weight. Without `tis_cap` the
+        loss, where the clip was active, and each token's importance weight. (`reference_B_T`, the
+        frozen reference's logprobs, and `reference_point` are for the losses that take them: KTO.)
+        Without `tis_cap` the
         ratio is taken against the rollout's logprob, as sampled (weight 1); with it, against the
         learner's own at the start of the step, and each token is weighted by
         min(p_old / p_rollout, tis_cap)."""

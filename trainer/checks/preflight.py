@@ -53,10 +53,18 @@ def named_paths(spec: JobSpec) -> dict[str, str]:
         target = (r.import_path or "").rpartition(":")[0]
         if target.endswith(".py") or "/" in target:
             paths[f"rewards.{i}.import_path"] = target
-    env = ENVIRONMENTS.get(spec.environment.name)
+    return {**paths, **environment_paths(spec.environment.name, spec.environment.config, "environment")}
+
+
+def environment_paths(name: str, config: dict, prefix: str) -> dict[str, str]:
+    """An environment's path fields, and those of the environment it names for evaluation (`traces`)."""
+    env, paths = ENVIRONMENTS.get(name), {}
     for key in path_fields(env.config_model) if env is not None else []:
-        if isinstance(spec.environment.config.get(key), str):
-            paths[f"environment.config.{key}"] = spec.environment.config[key]
+        if isinstance(config.get(key), str):
+            paths[f"{prefix}.config.{key}"] = config[key]
+    inner = config.get("eval")
+    if isinstance(inner, dict) and isinstance(inner.get("name"), str) and isinstance(inner.get("config", {}), dict):
+        paths.update(environment_paths(inner["name"], inner.get("config", {}), f"{prefix}.config.eval"))
     return paths
 
 

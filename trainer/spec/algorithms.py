@@ -4,7 +4,7 @@ the same name in `trainer.algorithms`, which also says how to add one."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
@@ -39,6 +39,9 @@ class StrictModel(BaseModel):
 
 
 class _PolicyGradient(StrictModel):
+    offline: ClassVar[bool] = False
+    """On-policy: samples are rolled out by the policy being trained."""
+
     group_size: int = Field(default=8, ge=2, le=1024)
     """Completions sampled per prompt. A group of one has no baseline, hence >= 2."""
 
@@ -214,7 +217,75 @@ class PPOSpec(_PolicyGradient):
         return self.critic_ranks or learner_ranks
 
 
-ALGORITHM_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec, PPOSpec)
+class _FromTraces(StrictModel):
+    """Learning from logged production traces (the `traces` environment): one sample per trace,
+    scored by its outcome; nothing is rolled out, so there are no groups and no rollout engine to
+    correct for."""
+
+    offline: ClassVar[bool] = True
+    group_size: ClassVar[int] = 1
+    kl_beta: ClassVar[float] = 0.0
+    tis_cap: ClassVar[None] = None
+    loss_constant: ClassVar[None] = None
+    mini_batch_count: ClassVar[int] = 1
+
+    def critic_world_size(self, learner_ranks: int) -> int:
+        return 0
+
+
+class OfflinePGSpec(_FromTraces):
+    """Policy gradient from the logged behaviour logprobs, each token weighted by the truncated
+    ratio pi / pi_behaviour (Cursor Tab's and Tinker's importance-sampling loss)."""
+
+    type: Literal["offline_pg"] = "offline_pg"
+    is_cap: float = Field(default=2.0, ge=1, le=1e6)
+    """C: each token's importance weight pi / pi_behaviour is at most this."""
+
+    baseline: Literal["batch", "group"] = "batch"
+    """The reward subtracted: the batch's mean, or the mean of the traces with the same
+    `group_column` value (tickets of the same kind)."""
+
+    group_column: str | None = Field(default=None, min_length=1, max_length=200)
+    """With `baseline = "group"`: the trace's metadata or outcome key that groups similar traces."""
+
+    behaviour: Literal["logged", "base"] = "logged"
+    """Where pi_behaviour comes from: the logprobs logged with each trace (a trace without them is
+    refused), or the base model's own, when the base model is the one that wrote the traces."""
+
+    @model_validator(mode="after")
+    def _group_needs_a_column(self) -> OfflinePGSpec:
+        if (self.baseline == "group") != (self.group_column is not None):
+            raise ValueError('group_column: give it exactly when baseline = "group"')
+        return self
+
+
+class KTOSpec(_FromTraces):
+    """Kahneman-Tversky Optimization (Ethayarajh et al., 2024), TRL's KTO objective: unpaired
+    desirable and undesirable outcomes against a frozen reference (the base model)."""
+
+    type: Literal["kto"] = "kto"
+    beta: float = Field(default=0.1, gt=0, le=1e3)
+    """How far from the reference the policy may move (TRL's `beta`)."""
+
+    desirable_weight: float = Field(default=1.0, gt=0, le=1e6)
+    undesirable_weight: float = Field(default=1.0, gt=0, le=1e6)
+    """lambda_D and lambda_U: weigh them so that lambda_D n_D / (lambda_U n_U) is in [1, 4/3]."""
+
+    desirable_at: float = Field(default=0.5, ge=-1e6, le=1e6)
+    """A trace whose reward is at least this is desirable; the rest are undesirable."""
+
+
+class FilteredSFTSpec(_FromTraces):
+    """Supervised learning on the successful traces only (reward >= `min_reward`): the baseline."""
+
+    type: Literal["filtered_sft"] = "filtered_sft"
+    min_reward: float = Field(default=0.5, ge=-1e6, le=1e6)
+    """A trace whose reward is at least this is learnt from; the rest are left out."""
+
+
+ONLINE_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec, PPOSpec)
+OFFLINE_SPECS = (OfflinePGSpec, KTOSpec, FilteredSFTSpec)
+ALGORITHM_SPECS = ONLINE_SPECS + OFFLINE_SPECS
 ALGORITHM_TAGS = {cls.model_fields["type"].default for cls in ALGORITHM_SPECS}
-AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec | PPOSpec,
-                          Field(discriminator="type")]
+AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec | PPOSpec
+                          | OfflinePGSpec | KTOSpec | FilteredSFTSpec, Field(discriminator="type")]

@@ -280,6 +280,19 @@ class JobSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _traces_with_an_offline_algorithm(self) -> JobSpec:
+        """Logged traces are learned from by the offline algorithms, and only they learn from them."""
+        offline = self.algorithm.offline
+        if offline != (self.environment.name == "traces"):
+            field, expected = (("environment.name", "the traces environment (logged conversations)") if offline else
+                               ("algorithm.type", "offline_pg, kto or filtered_sft (they learn from logged outcomes)"))
+            raise ValueError(f"{field}: algorithm {self.algorithm.type!r} with environment "
+                             f"{self.environment.name!r}; expected {expected}")
+        if offline and self.rollout.max_staleness:
+            raise ValueError("rollout.max_staleness: traces are not rolled out; expected 0")
+        return self
+
+    @model_validator(mode="after")
     def _tis_where_the_rollout_differs(self) -> JobSpec:
         """Truncated importance sampling is on by default wherever the rollout's logprobs are not
         the learner's own: another engine, another dtype, older weights."""

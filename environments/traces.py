@@ -1,0 +1,163 @@
+"""Logged production traces as training data: a frozen snapshot of the conversations a deployed
+model had and the outcomes they led to (`POST /v1/traces`), for the algorithms that learn from
+logged outcomes (`offline_pg`, `kto`, `filtered_sft`).
+
+Each trace is one task: its prompt is the conversation up to the first assistant turn, the rest
+is the logged reply the loss learns from (`Task.logged`), and its outcome labels are task
+columns, as a dataset's columns are, so reward modules score them unchanged (`resolution` reads
+`outcome` and `turns`). Nothing is rolled out on the training split. The held-out split is
+another environment's, named in `eval` (the simulator's tickets): a model that learned from
+traces is judged where its outcomes are measured, not logged.
+
+    [environment]
+    name = "traces"
+    config = { snapshot = "runs/traces.parquet", eval = { name = "support_desk", config = { eval_size = 100 } } }
+
+The snapshot is a Parquet file with one row per trace: `trace_id`, `model`, `model_version`,
+`messages`, `outcome` and `metadata` (the last three as JSON text), `created_at`. The control
+plane writes it into the job's folder at launch from the job's filter (`flywheel traces export
+--parquet` writes the same file by hand) and records its content hash on the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from environments.base import DATA_PATH, EnvironmentConfigError, Episode, LoggedReply, Step, Task
+
+COLUMNS = ("trace_id", "model", "model_version", "messages", "outcome", "metadata", "created_at")
+
+
+class EvalEnvironment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class TracesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    snapshot: str = Field(json_schema_extra=DATA_PATH)
+    """The traces: a Parquet snapshot (see the module's doc for its columns)."""
+
+    eval: EvalEnvironment | None = None
+    """The environment whose `eval` split judges the model (`support_desk`); none: no evaluation."""
+
+    require_outcome: bool = True
+    """Leave out traces whose outcome is not known yet (none of their labels arrived)."""
+
+
+def snapshot_hash(path: str | Path) -> str:
+    """The snapshot's content hash (sha256 of the file), as recorded on the job."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _text(message: dict[str, Any]) -> str:
+    """A message's content as text; an assistant's tool calls are written as their JSON."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content)
+    if message.get("tool_calls"):
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in message["tool_calls"]]
+        content = (content or "") + json.dumps(calls)
+    return content or ""
+
+
+def _behaviour(message: dict[str, Any]) -> dict[str, list] | None:
+    """The logged behaviour logprobs of an assistant message: token ids with their logprobs, or
+    OpenAI's token strings with theirs; None when the trace has none."""
+    lp = message.get("logprobs")
+    if not lp:
+        return None
+    if lp.get("token_ids") is not None:
+        return {"token_ids": lp["token_ids"], "logprobs": lp["logprobs"]}
+    if lp.get("content") is not None:
+        return {"tokens": [t["token"] for t in lp["content"]], "logprobs": [t["logprob"] for t in lp["content"]]}
+    return None
+
+
+def trace_task(row: dict[str, Any], where: str) -> Task:
+    """One snapshot row as a task: the prompt, the logged reply and the outcome labels as columns."""
+    try:
+        messages = json.loads(row["messages"])
+        outcome = json.loads(row["outcome"]) if row.get("outcome") else {}
+        metadata = json.loads(row["metadata"]) if row.get("metadata") else {}
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise EnvironmentConfigError("snapshot", f"{where}: messages, outcome and metadata must be JSON text "
+                                                 f"({exc})") from None
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
+    if not first:
+        raise EnvironmentConfigError("snapshot", f"{where}: expected context messages, then at least one "
+                                                 "assistant message")
+    plain = [{"role": m["role"], "content": _text(m)} for m in messages]
+    logged = LoggedReply(messages=plain[first:], behaviour=[_behaviour(m) if m["role"] == "assistant" else None
+                                                            for m in messages[first:]],
+                         model=row.get("model"), model_version=row.get("model_version"))
+    columns = {**{f"metadata.{k}": v for k, v in metadata.items()}, **outcome, "trace_id": row["trace_id"]}
+    return Task(id=str(row["trace_id"]), prompt=plain[:first], columns=columns, logged=logged)
+
+
+def read_snapshot(path: str, require_outcome: bool) -> list[Task]:
+    import pyarrow.parquet as pq
+
+    file = Path(path)
+    if not file.is_file():
+        raise EnvironmentConfigError("snapshot", f"no such file: {path}")
+    try:
+        table = pq.read_table(file)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
+        raise EnvironmentConfigError("snapshot", f"{path}: not a Parquet file ({exc})") from None
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise EnvironmentConfigError("snapshot", f"{path}: missing columns {missing} (expected {list(COLUMNS)})")
+    tasks = [trace_task(row, f"{path} row {i + 1}") for i, row in enumerate(table.to_pylist())
+             if row.get("outcome") or not require_outcome]
+    if not tasks:
+        raise EnvironmentConfigError("snapshot", f"{path} holds no traces" + (" with an outcome" if require_outcome
+                                                                             else ""))
+    return tasks
+
+
+class TracesEnvironment:
+    """Logged production conversations and their outcomes (a Parquet snapshot); nothing is
+    rolled out on them. The held-out split is another environment's (`eval`)."""
+
+    config_model = TracesConfig
+
+    def __init__(self, config: TracesConfig):
+        from environments.registry import build
+
+        self.config = config
+        self._train = read_snapshot(config.snapshot, config.require_outcome)
+        self._eval = None
+        if config.eval is not None:
+            if config.eval.name == "traces":
+                raise EnvironmentConfigError("eval.name", "the held-out environment must be one that rolls "
+                                                          "out (support_desk, dataset), not traces")
+            self._eval = build(config.eval.name, config.eval.config)
+        self.multi_turn = bool(getattr(self._eval, "multi_turn", False))
+        """Evaluation episodes run as the held-out environment's do."""
+
+    def tasks(self, split: str) -> Iterable[Task]:
+        if split == "train":
+            return self._train
+        if split == "eval" and self._eval is not None:
+            return self._eval.tasks("eval")
+        raise EnvironmentConfigError(split, f"no {split!r} split: traces are the train split, and `eval` names "
+                                            "the environment that judges the model")
+
+    async def step(self, episode: Episode) -> Step:
+        """Evaluation episodes are the held-out environment's."""
+        if self._eval is None:
+            raise EnvironmentConfigError("eval", "traces are not rolled out")
+        return await self._eval.step(episode)
