@@ -53,6 +53,22 @@ class TracesConfig(BaseModel):
     """Leave out traces whose outcome is not known yet (none of their labels arrived)."""
 
 
+def write_snapshot(traces: Iterable[dict[str, Any]], path: str | Path) -> tuple[int, str]:
+    """Write traces (as the API gives them: `messages`, `outcome` and `metadata` as JSON values) to
+    a Parquet snapshot; returns how many, and the file's content hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"trace_id": t["trace_id"], "model": t["model"], "model_version": t.get("model_version"),
+             "messages": json.dumps(t["messages"]), "outcome": json.dumps(t["outcome"]) if t.get("outcome") else None,
+             "metadata": json.dumps(t.get("metadata") or {}), "created_at": str(t.get("created_at") or "")}
+            for t in traces]
+    schema = pa.schema([(c, pa.string()) for c in COLUMNS])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return len(rows), snapshot_hash(path)
+
+
 def snapshot_hash(path: str | Path) -> str:
     """The snapshot's content hash (sha256 of the file), as recorded on the job."""
     digest = hashlib.sha256()

@@ -87,6 +87,10 @@ class _Offline(Algorithm):
         """One number per trace [B] that the loss takes as its advantage; invalid traces get 0."""
         raise NotImplementedError
 
+    def reduce(self, per_token_B_T, mask_B_T, num_sequences, num_tokens):
+        """The mean over every learned-from token of the batch."""
+        return aggregate(per_token_B_T, mask_B_T, "token_mean", num_sequences, num_tokens, 1)
+
 
 class OfflinePG(_Offline):
     config: OfflinePGSpec
@@ -149,6 +153,3 @@ class FilteredSFT(_Offline):
     def corrected_loss(self, logprobs_B_T, learner_old_B_T, rollout_B_T, advantages, mask_B_T, reference_B_T=None,
                        reference_point=0.0):
         return -logprobs_B_T, torch.zeros_like(mask_B_T), torch.ones_like(logprobs_B_T)
-
-    def reduce(self, per_token_B_T, mask_B_T, num_sequences, num_tokens):
-        return aggregate(per_token_B_T, mask_B_T, "token_mean", num_sequences, num_tokens, 1)

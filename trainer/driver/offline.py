@@ -152,6 +152,8 @@ def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, algorit
     stats = {**_policy_stats(per_rank), "grad_norm": per_rank[0]["grad_norm"], "traces/kept": float(keep_B.sum())}
     if algorithm.needs_reference_point:
         stats["kto/reference_point"] = z
+    if getattr(spec.algorithm, "behaviour", None) is None:  # no behaviour logprobs: nothing to compare
+        stats = {k: v for k, v in stats.items() if not k.startswith(("mismatch/", "is_weight/"))}
     return stats, advantages_B.view(-1, 1)
 
 
