@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from environments.traces import write_snapshot
 from service.client import check, client, console, names_table, show
 
 traces = typer.Typer(help="Production traces: conversations and their outcomes.", no_args_is_help=True)
@@ -72,26 +74,36 @@ def export(output: Annotated[Path | None, typer.Option("--output", "-o", help="d
            model: Model = None, model_version: Version = None, outcome: Outcome = None,
            pending: Annotated[bool | None, typer.Option(help="only traces without (or with) an outcome")] = None,
            since: Since = None, until: Until = None) -> None:
-    """Write the selected traces as JSON Lines, in the order they happened."""
+    """Write the selected traces as JSON Lines, in the order they happened; to a `.parquet` output,
+    as the snapshot the `traces` environment trains on (its content hash is printed)."""
     params = {k: v for k, v in {"model": model, "model_version": model_version, "outcome": outcome,
                                 "pending": pending, "since": since, "until": until, "limit": 1000}.items()
               if v is not None}
+    if output is not None and output.suffix == ".parquet":
+        count, digest = write_snapshot(_pages(params), output)
+        console.print(f"{count} traces written to {output} (sha256 {digest})", style="dim")
+        return
     out = output.open("w") if output else sys.stdout
     count = 0
     try:
-        with client() as c:
-            while True:
-                page = check(c.get("/v1/traces", params=params))
-                for trace in page["traces"]:
-                    out.write(json.dumps(trace) + "\n")
-                count += len(page["traces"])
-                if page["next_cursor"] is None:
-                    break
-                params["cursor"] = page["next_cursor"]
+        for trace in _pages(params):
+            out.write(json.dumps(trace) + "\n")
+            count += 1
     finally:
         if output:
             out.close()
     console.print(f"{count} traces" + (f" written to {output}" if output else ""), style="dim")
+
+
+def _pages(params: dict) -> Iterator[dict]:
+    """Every selected trace, page after page."""
+    with client() as c:
+        while True:
+            page = check(c.get("/v1/traces", params=params))
+            yield from page["traces"]
+            if page["next_cursor"] is None:
+                return
+            params = {**params, "cursor": page["next_cursor"]}
 
 
 @traces.command()

@@ -1,4 +1,4 @@
-"""Fault drills: a rollout worker or a learner rank is killed (SIGKILL) in the middle of a job.
+"""Fault drills: a rollout worker, then a learner rank, is killed (SIGKILL) in the middle of a job.
 The trainer exits as the cluster's failure, the service queues the job again after its backoff,
 and the trainer resumes from its last checkpoint: the job succeeds, the restart is an event with
 its reason, and every step is reported exactly once, the trainer's sequence numbers unbroken."""
@@ -17,7 +17,7 @@ from tests.service.conftest import Teams, auth
 from tests.service.test_service_e2e import Service, spec, wait_for
 
 pytestmark = pytest.mark.slow
-STEPS = 10
+STEPS = 12
 
 
 def kill_one(actor: str) -> int:
@@ -33,17 +33,18 @@ def kill_one(actor: str) -> int:
     raise AssertionError(f"no {actor} process found")
 
 
-@pytest.mark.parametrize("actor", ["RolloutWorker", "Learner"])
-def test_a_job_whose_actor_dies_resumes_from_its_checkpoint(settings, tiny_model, actor):
+def test_a_job_whose_actors_die_resumes_from_its_checkpoint_each_time(settings, tiny_model):
+    """A rollout worker dies at step 3, then, in the resumed run, a learner rank at step 7."""
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
     job_spec = spec(tiny_model, steps=STEPS, checkpoint_interval=2)
-    job_spec["schedule"].update(max_restarts=1, restart_backoff_s=1)
+    job_spec["schedule"].update(max_restarts=2, restart_backoff_s=1)
     try:
         with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
             job = c.post("/v1/jobs", json=job_spec).json()
-            wait_for(c, job["id"], lambda j: j["state"] == "running" and j["step"] >= 3)
-            kill_one(actor)
+            for actor, at_step in (("RolloutWorker", 3), ("Learner", 7)):
+                wait_for(c, job["id"], lambda j, at=at_step: j["state"] == "running" and j["step"] >= at)
+                kill_one(actor)
             done = wait_for(c, job["id"], lambda j: j["state"] in ("succeeded", "cancelled"), timeout=400)
             assert done["state"] == "succeeded" and done["step"] == STEPS
             events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["events"]
@@ -51,13 +52,16 @@ def test_a_job_whose_actor_dies_resumes_from_its_checkpoint(settings, tiny_model
     finally:
         service.stop()
     restarts = [e for e in events if e["kind"] == "restart"]
-    assert len(restarts) == 1 and "restart 1 of 1" in restarts[0]["message"]
-    assert "ActorDiedError" in restarts[0]["data"]["reason"] or "RayActorError" in restarts[0]["data"]["reason"]
+    assert [r["message"].count(f"restart {k} of 2") for k, r in enumerate(restarts, 1)] == [1, 1], restarts
+    # A dead actor is usually what the driver sees first; a rank's death may also surface first as
+    # another actor's call failing with it (a collective, a weight sync), so one reason is enough.
+    assert any("ActorDiedError" in r["data"]["reason"] or "RayActorError" in r["data"]["reason"] for r in restarts)
+    assert all(r["data"]["reason"] for r in restarts)
     assert [e["data"]["step"] for e in events if e["kind"] == "step"] == list(range(1, STEPS + 1))
     trainer_seqs = [e["seq"] for e in events if e["seq"] > 0]
     assert trainer_seqs == list(range(1, len(trainer_seqs) + 1))
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
-    assert [e["kind"] for e in events].count("started") == 2  # the first run and the resumed one
+    assert [e["kind"] for e in events].count("started") == 3  # the first run and the two resumed ones
 
 
 def test_a_job_past_its_restarts_fails_with_the_reason(settings, tiny_model):

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from environments import build as build_environment
 from service.core.config import Settings
 from service.main import create_app
 from tests.conftest import ROOT
@@ -226,6 +227,10 @@ def test_cli_imports_exports_and_prints_stats(tmp_path, ray_head):
         exported = [json.loads(line) for line in out.read_text().splitlines()]
         assert [t["trace_id"] for t in exported] == ["c-0", "c-2", "c-4", "c-6"]
         assert exported[0]["messages"] == service.client.get("/v1/traces/c-0").json()["messages"]
+        done = flywheel("export", "-o", str(tmp_path / "resolved.parquet"), "--outcome", "resolved")
+        assert done.returncode == 0 and "4 traces written" in done.stdout, done.stdout + done.stderr
+        tasks = build_environment("traces", {"snapshot": str(tmp_path / "resolved.parquet")}).tasks("train")
+        assert [(t.id, t.columns["outcome"]) for t in tasks] == [(f"c-{i}", "resolved") for i in (0, 2, 4, 6)]
 
         broken = copy.deepcopy(rows) + [trace("c-7"), _broken(["messages", 1, "role"], "robot")]
         logs.write_text("\n".join(json.dumps(r) for r in broken))
