@@ -11,9 +11,14 @@ traces is judged where its outcomes are measured, not logged.
 
     [environment]
     name = "traces"
-    config = { snapshot = "runs/traces.parquet", eval = { name = "support_desk", config = { eval_size = 100 } } }
+    config = { select = { model = "support-agent", since = "2026-11-01T00:00:00Z" },
+               eval = { name = "support_desk", config = { eval_size = 100 } } }
 
-The snapshot is a Parquet file with one row per trace: `trace_id`, `model`, `model_version`,
+`select` chooses among the team's stored traces; the control plane freezes the selection into a
+snapshot in its runs folder when the job is submitted (before its checks run, so they check the
+very data the job trains on) and records the snapshot's hash and count on the job; restarts reuse
+it, and traces that arrive later do not change the run. Outside the service, `snapshot` names a
+file directly. The snapshot is a Parquet file with one row per trace: `trace_id`, `model`, `model_version`,
 `messages`, `outcome` and `metadata` (the last three as JSON text), `created_at`. The control
 plane writes it into the job's folder at launch from the job's filter (`flywheel traces export
 --parquet` writes the same file by hand) and records its content hash on the job.
@@ -25,9 +30,9 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from environments.base import DATA_PATH, EnvironmentConfigError, Episode, LoggedReply, Step, Task
 
@@ -40,10 +45,30 @@ class EvalEnvironment(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class TraceSelection(BaseModel):
+    """Which of the team's traces a job learns from, as `GET /v1/traces` filters them."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    model_version: str | None = Field(default=None, min_length=1, max_length=100)
+    outcome: list[Annotated[str, Field(max_length=300, pattern=r"^[^:]+(:[\s\S]+)?$")]] = Field(default_factory=list,
+                                                                                          max_length=20)
+    """`KEY:VALUE` labels every trace must have (a bare VALUE is the `outcome` label)."""
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    """At most this many traces, the most recent ones."""
+
+
 class TracesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    snapshot: str = Field(json_schema_extra=DATA_PATH)
+    select: TraceSelection | None = None
+    """The traces to learn from, chosen from the team's in the control plane: it freezes them into a
+    snapshot when the job is submitted and sets `snapshot` (and records its hash on the job)."""
+
+    snapshot: str | None = Field(default=None, json_schema_extra=DATA_PATH)
     """The traces: a Parquet snapshot (see the module's doc for its columns)."""
 
     eval: EvalEnvironment | None = None
@@ -154,6 +179,10 @@ class TracesEnvironment:
         from environments.registry import build
 
         self.config = config
+        if config.snapshot is None:
+            raise EnvironmentConfigError("snapshot", "expected a snapshot file; a `select` alone is frozen into one "
+                                                     "by the control plane when the job is submitted (outside it, "
+                                                     "write one with `flywheel traces export -o FILE.parquet`)")
         self._train = read_snapshot(config.snapshot, config.require_outcome)
         self._eval = None
         if config.eval is not None:

@@ -8,6 +8,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class TracesSnapshot(BaseModel):
+    sha256: str
+    count: int
+
+
 class JobOut(BaseModel):
     id: str
     name: str
@@ -22,6 +27,8 @@ class JobOut(BaseModel):
     """Evaluations by phase (`before`, `after`): {step, metrics}."""
     wandb: str | None
     run_dir: str | None
+    traces: TracesSnapshot | None = None
+    """On the traces environment: the snapshot the job's selection was frozen into."""
     error: str | None
     created_at: datetime
     started_at: datetime | None

@@ -104,6 +104,9 @@ class Job(Base):
     """A restarted job waits in the queue until then (the backoff)."""
     wandb: Mapped[str | None] = mapped_column(String(500), nullable=True)
     run_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    traces_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """A job on the traces environment: the content hash of the snapshot its selection was frozen into."""
+    traces_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=now, index=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -14,9 +14,26 @@ from trainer.spec import JobSpec
 
 
 def _same_request(job: Job, spec: JobSpec, priority: int) -> bool:
-    stored = {k: v for k, v in job.spec.items() if k != "output_dir"}
-    sent = {k: v for k, v in spec.model_dump(mode="json").items() if k != "output_dir"}
-    return stored == sent and job.priority == priority
+    return _as_sent(job.spec) == _as_sent(spec.model_dump(mode="json")) and job.priority == priority
+
+
+def _as_sent(spec: dict) -> dict:
+    """A spec as its client wrote it: no run folder, and a trace selection without the snapshot
+    the service froze it into."""
+    out = {k: v for k, v in spec.items() if k != "output_dir"}
+    config = out.get("environment", {}).get("config", {})
+    if isinstance(config, dict) and "select" in config:
+        out["environment"] = {**out["environment"], "config": {k: v for k, v in config.items() if k != "snapshot"}}
+    return out
+
+
+def replay(session: Session, team: Team, spec: JobSpec, priority: int, idempotency_key: str | None) -> Job | None:
+    """The job this team created with this Idempotency-Key, for the same request (another request
+    with the key is a 422); None when the key is new."""
+    if not idempotency_key:
+        return None
+    existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
+    return _replay(existing, spec, priority)[0] if existing is not None else None
 
 
 def _replay(existing: Job, spec: JobSpec, priority: int) -> tuple[Job, bool]:
@@ -29,9 +46,10 @@ def _replay(existing: Job, spec: JobSpec, priority: int) -> tuple[Job, bool]:
 
 
 def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, priority: int = 0,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
+               idempotency_key: str | None = None, traces: tuple[str, int] | None = None) -> tuple[Job, bool]:
     """Persist a queued job; with an Idempotency-Key already used by this team for the same
-    request, return that job (for another request, a 422)."""
+    request, return that job (for another request, a 422). `traces`: the hash and count of the
+    trace snapshot the job's selection was frozen into."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
@@ -40,7 +58,8 @@ def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, prior
     spec = spec.model_copy(update={"output_dir": f"{runs_dir}/{job_id}"})
     job = Job(id=job_id, team_id=team.id, name=spec.name, state=JobState.queued, priority=priority,
               spec=spec.model_dump(mode="json"), idempotency_key=idempotency_key, steps=spec.schedule.steps,
-              run_dir=str(spec.run_dir))
+              run_dir=str(spec.run_dir), traces_sha256=traces[0] if traces else None,
+              traces_count=traces[1] if traces else None)
     session.add(job)
     add_event(session, job, "queued", f"job {job.name!r} queued")
     try:

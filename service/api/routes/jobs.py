@@ -12,10 +12,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
 from service.api.deps import ChecksDep, JobDep, SessionDep, TeamDep
-from service.api.schemas import JobOut, JobPage
+from service.api.schemas import JobOut, JobPage, TracesSnapshot
 from service.core.states import JobState
 from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric
 from service.jobs import logic
+from service.traces import snapshot
 from trainer.spec import parse_spec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -28,6 +29,8 @@ def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOu
                   progress=job.step / job.steps if job.steps else 0.0, latest_metrics=job.latest_metrics,
                   result=job.result,
                   wandb=job.wandb, run_dir=job.run_dir, error=job.error, created_at=job.created_at,
+                  traces=TracesSnapshot(sha256=job.traces_sha256, count=job.traces_count or 0)
+                  if job.traces_sha256 else None,
                   started_at=job.started_at, finished_at=job.finished_at)
 
 
@@ -44,13 +47,20 @@ IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, patt
 async def create(request: Request, response: Response, session: SessionDep, team: TeamDep, checks: ChecksDep,
                  spec: SpecBody, priority: Priority = 0, idempotency_key: IdempotencyKey = None) -> JobOut:
     """Validate the spec (its schema here, its code and data on the cluster), persist it, queue it."""
-    checks.admit(team.id, request.app.state.settings.check_timeout_s)
+    settings = request.app.state.settings
+    checks.admit(team.id, settings.check_timeout_s)
     valid = parse_spec(spec)
-    await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"),
-                      "data_roots": request.app.state.data_roots},
-                     request.app.state.settings.check_timeout_s, team.id)
-    job, created = await run_in_threadpool(logic.create_job, session, team, valid,
-                                           str(request.app.state.settings.runs_dir), priority, idempotency_key)
+    replay = await run_in_threadpool(logic.replay, session, team, valid, priority, idempotency_key)
+    if replay is not None:
+        response.status_code = 200
+        return await run_in_threadpool(job_out, session, replay)
+    # A selection of the team's traces is frozen now, so the checks read the data the job trains on.
+    valid, frozen = await run_in_threadpool(snapshot.freeze, session, team.id, valid, settings.runs_dir)
+    roots = request.app.state.data_roots + ([str(snapshot.folder(settings.runs_dir))] if frozen else [])
+    await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "data_roots": roots},
+                     settings.check_timeout_s, team.id)
+    job, created = await run_in_threadpool(logic.create_job, session, team, valid, str(settings.runs_dir),
+                                           priority, idempotency_key, frozen)
     if not created:
         response.status_code = 200
     return await run_in_threadpool(job_out, session, job)
