@@ -30,7 +30,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -77,6 +77,10 @@ class TracesConfig(BaseModel):
     require_outcome: bool = True
     """Leave out traces whose outcome is not known yet (none of their labels arrived)."""
 
+    tool_calls: Literal["json", "call"] = "json"
+    """How an assistant's logged `tool_calls` are written for the model: their JSON, or the
+    `name(arg=value)` lines the support desk's agents write."""
+
 
 def write_snapshot(traces: Iterable[dict[str, Any]], path: str | Path) -> tuple[int, str]:
     """Write traces (as the API gives them: `messages`, `outcome` and `metadata` as JSON values) to
@@ -103,14 +107,21 @@ def snapshot_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _text(message: dict[str, Any]) -> str:
-    """A message's content as text; an assistant's tool calls are written as their JSON."""
+def _text(message: dict[str, Any], tool_calls: str = "json") -> str:
+    """A message's content as the model reads and writes it; an assistant's tool calls as their
+    JSON, or (`"call"`) as `name(arg=value, ...)` lines, the support desk's own format."""
     content = message.get("content")
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content)
-    if message.get("tool_calls"):
-        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in message["tool_calls"]]
-        content = (content or "") + json.dumps(calls)
+    calls = [c["function"] for c in message.get("tool_calls") or []]
+    if calls and tool_calls == "call":
+        lines = []
+        for c in calls:
+            args = json.loads(c["arguments"] or "{}")
+            lines.append(f"{c['name']}({', '.join(f'{k}={v}' for k, v in args.items())})")
+        content = "\n".join(([content] if content else []) + lines)
+    elif calls:
+        content = (content or "") + json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls])
     return content or ""
 
 
@@ -127,7 +138,7 @@ def _behaviour(message: dict[str, Any]) -> dict[str, list] | None:
     return None
 
 
-def trace_task(row: dict[str, Any], where: str) -> Task:
+def trace_task(row: dict[str, Any], where: str, tool_calls: str = "json") -> Task:
     """One snapshot row as a task: the prompt, the logged reply and the outcome labels as columns."""
     try:
         messages = json.loads(row["messages"])
@@ -140,7 +151,7 @@ def trace_task(row: dict[str, Any], where: str) -> Task:
     if not first:
         raise EnvironmentConfigError("snapshot", f"{where}: expected context messages, then at least one "
                                                  "assistant message")
-    plain = [{"role": m["role"], "content": _text(m)} for m in messages]
+    plain = [{"role": m["role"], "content": _text(m, tool_calls)} for m in messages]
     logged = LoggedReply(messages=plain[first:], behaviour=[_behaviour(m) if m["role"] == "assistant" else None
                                                             for m in messages[first:]],
                          model=row.get("model"), model_version=row.get("model_version"))
@@ -148,7 +159,7 @@ def trace_task(row: dict[str, Any], where: str) -> Task:
     return Task(id=str(row["trace_id"]), prompt=plain[:first], columns=columns, logged=logged)
 
 
-def read_snapshot(path: str, require_outcome: bool) -> list[Task]:
+def read_snapshot(path: str, require_outcome: bool, tool_calls: str = "json") -> list[Task]:
     import pyarrow.parquet as pq
 
     file = Path(path)
@@ -161,7 +172,7 @@ def read_snapshot(path: str, require_outcome: bool) -> list[Task]:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise EnvironmentConfigError("snapshot", f"{path}: missing columns {missing} (expected {list(COLUMNS)})")
-    tasks = [trace_task(row, f"{path} row {i + 1}") for i, row in enumerate(table.to_pylist())
+    tasks = [trace_task(row, f"{path} row {i + 1}", tool_calls) for i, row in enumerate(table.to_pylist())
              if row.get("outcome") or not require_outcome]
     if not tasks:
         raise EnvironmentConfigError("snapshot", f"{path} holds no traces" + (" with an outcome" if require_outcome
@@ -183,7 +194,7 @@ class TracesEnvironment:
             raise EnvironmentConfigError("snapshot", "expected a snapshot file; a `select` alone is frozen into one "
                                                      "by the control plane when the job is submitted (outside it, "
                                                      "write one with `flywheel traces export -o FILE.parquet`)")
-        self._train = read_snapshot(config.snapshot, config.require_outcome)
+        self._train = read_snapshot(config.snapshot, config.require_outcome, config.tool_calls)
         self._eval = None
         if config.eval is not None:
             if config.eval.name == "traces":

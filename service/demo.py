@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -39,20 +41,13 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 180) -> 
     raise SystemExit(f"the service at {url} was not ready after {timeout_s:.0f} s")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", default="configs/support_desk.toml")
-    p.add_argument("--state-dir", default="runs/demo-service", help="the demo service's database and job folders")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the run file by its dotted path")
-    a = p.parse_args()
-
-    from service import cli
-    from service.client import check
+@contextmanager
+def serving(state_dir: str) -> Iterator[tuple[str, str, str]]:
+    """The service on its embedded defaults (a SQLite file under `state_dir`, a local Ray head it
+    starts itself) and a new team's key: (url, key, database_url); stopped on exit."""
     from service.core.store import create_team_with_key
-    from trainer.spec import load_spec, parse_overrides
 
-    state = (ROOT / a.state_dir).resolve()
+    state = (ROOT / state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     database_url = f"sqlite:///{state / 'flywheel.db'}"
     port = free_port()
@@ -66,6 +61,28 @@ def main() -> None:
     try:
         wait_healthy(url, server)
         os.environ.update(FLYWHEEL_URL=url, FLYWHEEL_API_KEY=key)
+        yield url, key, database_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default="configs/support_desk.toml")
+    p.add_argument("--state-dir", default="runs/demo-service", help="the demo service's database and job folders")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the run file by its dotted path")
+    a = p.parse_args()
+
+    from service import cli
+    from service.client import check
+    from trainer.spec import load_spec, parse_overrides
+
+    with serving(a.state_dir) as (url, key, database_url):
         spec = load_spec(ROOT / a.config, parse_overrides(a.set)).model_dump(mode="json")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
             job = check(c.post("/v1/jobs", json=spec))
@@ -83,12 +100,6 @@ def main() -> None:
         print(f"wandb run:      {job['wandb']}  (wandb sync {job['wandb']} to upload it)")
         print(f"the record:     the job, its events, metrics and result stay in {database_url}; "
               f"FLYWHEEL_DATABASE_URL={database_url} flywheel serve serves them again")
-    finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 if __name__ == "__main__":

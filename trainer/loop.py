@@ -78,8 +78,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         state = resume[1] if resume else checkpoint.LoopState(0, 0, 0, spec.schedule.seed)
         sampler = TaskSampler(list(env.tasks("train")), state.seed, state.data_epoch, state.data_cursor)
         pipeline = RolloutPipeline(actors, sampler, spec, g, checkpoint.in_flight(ckpt_dir, resume[0]) if resume else [])
-        traces = ({s.task.id: s for s in offline.prepare(actors, sampler.tasks, spec, algorithm, echo)}
-                  if algorithm.offline else {})                                       # laid out once, up front
+        traces = offline.prepare(sampler.tasks, spec) if algorithm.offline else {}   # laid out once, up front
         if resume:
             checkpoint.restore(actors.learners, ckpt_dir, resume[0], actors.critics)
             sync_weights(actors, version=state.step)
@@ -95,6 +94,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             if evaluate_ends:
                 evaluations["before"] = evaluate(actors, env, spec, 0)
                 report_evaluation("before", 0, evaluations["before"], tracker, reporter, echo)
+        if algorithm.offline:
+            offline.behaviour_from_base(actors, traces, spec, echo)
         history = []
         kl_control = algorithm.kl_controller()
         last = min(spec.schedule.steps, stop_after or spec.schedule.steps)

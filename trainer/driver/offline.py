@@ -91,25 +91,32 @@ def lay_out(tokenizer, task: Task, with_behaviour: bool) -> Sample:
                   weights_version=-1, messages=logged.messages, outcome={"turns": turns, **task.columns})
 
 
-def prepare(actors: JobActors, tasks: list[Task], spec: JobSpec, algorithm: Algorithm, echo) -> list[Sample]:
-    """Every trace laid out (refusing the first that cannot be), with the base model's logprobs as
-    the behaviour's where the job says the base wrote them."""
+def prepare(tasks: list[Task], spec: JobSpec) -> dict[str, Sample]:
+    """Every trace laid out, by id, refusing the first that cannot be (before any actor works)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model.path)
-    behaviour = getattr(spec.algorithm, "behaviour", None)
-    samples = [lay_out(tokenizer, t, behaviour == "logged") for t in tasks]
+    logged = getattr(spec.algorithm, "behaviour", None) == "logged"
+    samples = [lay_out(tokenizer, t, logged) for t in tasks]
     for k, s in enumerate(samples):
         s.group = k
-    if behaviour == "base":
-        cached = spec.run_dir / "behaviour_logprobs.pkl"
-        if not cached.exists():
-            echo(f"scoring {len(samples)} traces under the base model (algorithm.behaviour = \"base\")")
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_bytes(pickle.dumps(base_logprobs(actors, samples)))
-        for s, lps in zip(samples, pickle.loads(Path(cached).read_bytes()), strict=True):
-            s.completion.logprobs = [lp if m else 0.0 for lp, m in zip(lps, s.completion.loss_mask(), strict=True)]
-    return samples
+    return {s.task.id: s for s in samples}
+
+
+def behaviour_from_base(actors: JobActors, traces: dict[str, Sample], spec: JobSpec, echo) -> None:
+    """With `algorithm.behaviour = "base"`: every trace's behaviour logprobs are the policy's before
+    the first step (after any warm start), computed once and kept in the run folder, so a resumed
+    run uses the same ones."""
+    if getattr(spec.algorithm, "behaviour", None) != "base":
+        return
+    samples = list(traces.values())
+    cached = spec.run_dir / "behaviour_logprobs.pkl"
+    if not cached.exists():
+        echo(f"scoring {len(samples)} traces under the starting policy (algorithm.behaviour = \"base\")")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(pickle.dumps(base_logprobs(actors, samples)))
+    for s, lps in zip(samples, pickle.loads(Path(cached).read_bytes()), strict=True):
+        s.completion.logprobs = [lp if m else 0.0 for lp, m in zip(lps, s.completion.loss_mask(), strict=True)]
 
 
 def base_logprobs(actors: JobActors, samples: list[Sample]) -> list[list[float]]:

@@ -1,0 +1,35 @@
+"""The support desk's production log (environments/support_desk/production.py): what a deployment
+would log, in a shape the traces API takes, and read back by the traces environment as the very
+turns the agent wrote."""
+
+import random
+from collections import Counter
+
+from environments import build
+from environments.support_desk.legacy import Mistakes, legacy_turns
+from environments.support_desk.production import PRODUCTION_SEED_OFFSET, production_log
+from environments.support_desk.simulator import make_ticket
+from environments.traces import write_snapshot
+from service.api.trace_schemas import TraceIn
+from service.traces.logic import trace_problems
+
+
+def test_the_log_is_valid_openai_format_and_reads_back_as_the_agents_own_turns(tmp_path):
+    log = production_log(60, Mistakes(), seed=3)
+    for trace, outcome in log:
+        assert "outcome" not in trace  # the outcome is reported later
+        assert trace_problems(TraceIn.model_validate(trace), "trace") == []
+        assert outcome["outcome"] in ("resolved", "escalated", "violation")
+    assert any(m.get("tool_calls") for t, _ in log for m in t["messages"])
+    write_snapshot([{**t, "outcome": o} for t, o in log], tmp_path / "log.parquet")
+    tasks = build("traces", {"snapshot": str(tmp_path / "log.parquet"), "tool_calls": "call"}).tasks("train")
+    rng = random.Random(3)
+    for i, task in enumerate(tasks):  # the same agent, replayed: the turns the model will learn from
+        expected = legacy_turns(make_ticket(PRODUCTION_SEED_OFFSET + i), Mistakes(), rng)
+        assert [m["content"] for m in task.logged.messages if m["role"] == "assistant"] == expected
+        assert task.columns["outcome"] == log[i][1]["outcome"]
+
+
+def test_the_legacy_agent_makes_its_mistakes_in_production():
+    outcomes = Counter(o["outcome"] for _, o in production_log(400, Mistakes()))
+    assert outcomes["violation"] > 20 and outcomes["escalated"] > 60 and outcomes["resolved"] > 150
