@@ -78,3 +78,44 @@ def test_offline_pg_group_baseline_needs_its_column():
     with pytest.raises(ValueError, match="group_column"):
         OfflinePGSpec(baseline="group")
     assert OfflinePGSpec(baseline="group", group_column="intent").group_size == 1
+
+
+def test_kto_agrees_with_trls_kto_trainer(tiny_model, tmp_path):
+    """TRL's `KTOTrainer._compute_loss` on one of its own batches (a policy nudged off the frozen
+    reference, desirable and undesirable completions, TRL's mismatched pairs for the KL), against
+    `kto_losses` on the same batch's sequence logprobs and reference point."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    policy, reference = (AutoModelForCausalLM.from_pretrained(tiny_model).eval() for _ in range(2))
+    rows = [{"prompt": [{"role": "user", "content": f"How many orders {i}?"}],
+             "completion": [{"role": "assistant", "content": ["261", "tickets", "779 steps", "orders"][i % 4]}],
+             "label": i % 3 != 0} for i in range(8)]
+    args = KTOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, beta=0.3, desirable_weight=1.0,
+                     undesirable_weight=1.5, report_to=[], use_cpu=True, max_length=64, disable_tqdm=True)
+    trainer = KTOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    def sequence_logprobs(model, ids, attention, completion):
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        token_B_T = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None]).squeeze(2)
+        return (token_B_T * completion[:, 1:]).sum(1)
+
+    pairs = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    mismatched = (batch["KL_input_ids"], batch["KL_attention_mask"], batch["KL_completion_mask"])
+    # One supervised step on the completions moves the policy off the reference (z > 0).
+    (-sequence_logprobs(policy, *pairs).mean()).backward()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p -= 0.05 * p.grad
+    policy.zero_grad()
+    theirs = trainer._compute_loss(policy, batch, False)
+    sequence_logprobs = torch.no_grad()(sequence_logprobs)
+    z = float((sequence_logprobs(policy, *mismatched) - sequence_logprobs(reference, *mismatched)).mean())
+    ours = kto_losses(sequence_logprobs(policy, *pairs), sequence_logprobs(reference, *pairs),
+                      batch["label"].bool(), z, beta=0.3, desirable_weight=1.0, undesirable_weight=1.5).mean()
+    assert z > 0  # the nudged policy has moved: the reference point is not the clamp's 0
+    torch.testing.assert_close(ours, theirs.detach(), atol=1e-5, rtol=1e-5)
