@@ -201,8 +201,10 @@ class TracesEnvironment:
                 raise EnvironmentConfigError("eval.name", "the held-out environment must be one that rolls "
                                                           "out (support_desk, dataset), not traces")
             self._eval = build(config.eval.name, config.eval.config)
+        self.rollouts = self._eval
+        """The environment whose episodes the rollout workers run: the held-out one (traces are
+        never rolled out)."""
         self.multi_turn = bool(getattr(self._eval, "multi_turn", False))
-        """Evaluation episodes run as the held-out environment's do."""
 
     def tasks(self, split: str) -> Iterable[Task]:
         if split == "train":

@@ -38,6 +38,7 @@ class RolloutWorker:
             from environments import build
 
             env = build(*environment)
+            env = getattr(env, "rollouts", None) or env  # traces: episodes are the held-out environment's
             self.env = env if getattr(env, "multi_turn", False) else None
 
     def generate(self, tasks: list[Task], group_offset: int, group_size: int, sampling: SamplingParams,
