@@ -78,3 +78,17 @@ def test_data_roots_refuse_every_named_path_outside_them_and_follow_symlinks(tmp
     assert set(refused) == {"environment.config.train", "rewards.0.import_path", "warm_start.data"}
     assert len(set(refused.values())) == 1
     check_data_roots(spec(root / "model"), [str(root), str(DIGITS.parent)])  # all inside: no error
+
+
+def test_traces_the_algorithm_cannot_read_are_refused_before_the_job(tiny_model, tmp_path):
+    from environments.traces import write_snapshot
+
+    trace = {"trace_id": "t-1", "model": "agent", "outcome": {"outcome": "resolved"},
+             "messages": [{"role": "user", "content": "How many orders?"}, {"role": "assistant", "content": "12"}]}
+    write_snapshot([trace], tmp_path / "s.parquet")
+    job = spec(tiny_model, environment={"name": "traces", "config": {"snapshot": str(tmp_path / "s.parquet")}},
+               rewards=[{"name": "resolution"}], learner={"micro_batch": 2}, algorithm={"type": "filtered_sft"})
+    assert preflight(job).tasks("train")[0].id == "t-1"  # filtered SFT reads no behaviour logprobs
+    job = spec(tiny_model, environment={"name": "traces", "config": {"snapshot": str(tmp_path / "s.parquet")}},
+               rewards=[{"name": "resolution"}], learner={"micro_batch": 2}, algorithm={"type": "offline_pg"})
+    assert "trace 't-1', message 1: no behaviour logprobs" in errors(job)["environment.config.snapshot"]

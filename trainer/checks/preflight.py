@@ -18,6 +18,7 @@ from environments import build as build_environment
 from rewards.base import RewardConfigError
 from rewards.registry import UnknownRewardError, load
 from trainer.driver.demonstrations import DemonstrationError, read_demonstrations
+from trainer.driver.offline import TraceLayoutError, prepare
 from trainer.spec import JobSpec, SpecError
 
 Progress = Callable[[str, str], None]
@@ -108,6 +109,12 @@ def preflight(spec: JobSpec, progress: Progress = _silent):
         except RewardConfigError as exc:
             errors.append({"field": f"rewards.{i}.config{'.' + exc.field if exc.field else ''}",
                            "message": exc.message})
+    if getattr(spec.algorithm, "offline", False):
+        progress("environment.config.snapshot", "laying out every trace as the learner will read it")
+        try:
+            prepare(list(env.tasks("train")), spec)
+        except TraceLayoutError as exc:
+            errors.append({"field": "environment.config.snapshot", "message": str(exc)})
     if errors:
         raise SpecError(errors)
     return env

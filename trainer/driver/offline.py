@@ -36,7 +36,7 @@ class TraceLayoutError(ValueError):
     """A trace that cannot be learned from as logged; the message names the trace and the message."""
 
 
-def _turn_logprobs(tokenizer, ids: list[int], content: str, behaviour: dict | None, where: str) -> list[float]:
+def _turn_logprobs(ids: list[int], content: str, behaviour: dict | None, where: str) -> list[float]:
     """The behaviour logprob of each of an assistant turn's tokens (`ids`, its content then EOS)."""
     if behaviour is None:
         raise TraceLayoutError(f"{where}: no behaviour logprobs logged; offline_pg weighs each token by "
@@ -47,9 +47,9 @@ def _turn_logprobs(tokenizer, ids: list[int], content: str, behaviour: dict | No
         logged = list(behaviour["token_ids"])
         if logged == ids[:len(logged)] and len(logged) in (len(ids), len(ids) - 1):
             return logprobs + [0.0] * (len(ids) - len(logged))
-        raise TraceLayoutError(f"{where}: the logged token ids are not the model's tokenisation of the content "
-                               f"({len(logged)} logged, {len(ids) - 1} from the model's tokenizer and its EOS): log "
-                               "with the trained model's tokenizer, or set algorithm.behaviour = \"base\"")
+        raise TraceLayoutError(f"{where}: the {len(logged)} logged token ids are not the model's tokenisation of the "
+                               f"content ({len(ids) - 1} tokens, then its EOS): log with the trained model's "
+                               "tokenizer, or set algorithm.behaviour = \"base\"")
     tokens = behaviour["tokens"]
     if "".join(tokens) == content and len(tokens) == len(ids) - 1:
         return logprobs + [0.0]
@@ -70,7 +70,7 @@ def lay_out(tokenizer, task: Task, with_behaviour: bool) -> Sample:
         if message["role"] == "assistant":
             ids = tokenizer(message["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             where = f"trace {task.id!r}, message {len(task.prompt) + i}"
-            lps = (_turn_logprobs(tokenizer, ids, message["content"], logged.behaviour[i], where) if with_behaviour
+            lps = (_turn_logprobs(ids, message["content"], logged.behaviour[i], where) if with_behaviour
                    else [0.0] * len(ids))
             ids_T, mask_T, logprobs_T = ids_T + ids, mask_T + [True] * len(ids), logprobs_T + lps
             history.append(message)
