@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from environments.support_desk.simulator import (
 PRODUCTION_SEED_OFFSET = 7_000_000
 """Ticket seeds of the production log: disjoint from the environment's train and eval tickets and
 from the demonstrations'."""
+PRODUCTION_START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+"""When the logged conversations happened (a fixed time, so the same log is the same snapshot)."""
 
 
 def _logged_turn(text: str, call_id: str) -> dict[str, Any]:
@@ -61,8 +64,9 @@ def production_trace(i: int, mistakes: Mistakes, rng: random.Random, system_prom
             messages.append({"role": "tool", "tool_call_id": f"call_{k}", "content": reply} if turn.get("tool_calls")
                             else {"role": role, "content": reply})
     outcome = {"outcome": state.outcome.outcome if state.outcome else "unfinished", "turns": len(turns)}
+    at = PRODUCTION_START + timedelta(minutes=3 * i)  # a conversation every three minutes
     trace = {"trace_id": f"desk-{i:07d}", "model": agent, "model_version": version, "messages": messages,
-             "metadata": {"intent": ticket.intent, "channel": "chat"}}
+             "metadata": {"intent": ticket.intent, "channel": "chat"}, "created_at": at.isoformat()}
     return trace, outcome
 
 
