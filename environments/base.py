@@ -14,18 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from rewards.base import DATA_PATH, path_fields  # noqa: F401 - the path marker, shared with reward configs
 
 Message = dict[str, str]
-
-DATA_PATH = {"format": "path"}
-"""`json_schema_extra` of a config field that names a file or folder to read: the service allows
-only paths under its data roots there (`path_fields`)."""
-
-
-def path_fields(config_model: type[BaseModel]) -> list[str]:
-    """The fields of an environment's config that name files or folders."""
-    return [name for name, f in config_model.model_fields.items() if (f.json_schema_extra or {}) == DATA_PATH]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,18 @@ def reward_config(model: type[BaseModel]) -> Callable[[RewardFn], RewardFn]:
     return mark
 
 
+DATA_PATH = {"format": "path"}
+"""`json_schema_extra` of a config field (a reward module's or an environment's) that names a file
+or folder to read: the service allows only paths under its data roots there (`path_fields`)."""
+
+
+def path_fields(config_model: type[BaseModel] | None) -> list[str]:
+    """The fields of a config model that name files or folders."""
+    if config_model is None:
+        return []
+    return [name for name, f in config_model.model_fields.items() if (f.json_schema_extra or {}) == DATA_PATH]
+
+
 class RewardConfigError(ValueError):
     """A reward module's config failed its model; `field` is the dotted path inside `config`."""
 

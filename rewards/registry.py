@@ -19,6 +19,7 @@ from typing import Any
 from rewards import builtin
 from rewards.base import RewardModule, bind, config_schema
 from rewards.http import http
+from rewards.outcome_model import outcome_model
 from rewards.resolution import resolution
 
 ENTRY_POINT_GROUP = "flywheel.rewards"
@@ -34,6 +35,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "think_format": builtin.think_format,
     "http": http,
     "resolution": resolution,
+    "outcome_model": outcome_model,
 }
 
 

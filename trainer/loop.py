@@ -129,7 +129,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             sync_weights(actors, version=step)                                        # 6. sync weights
             t4 = time.perf_counter()
             metrics = step_metrics(samples, scores, advantages_P_G, learn_stats,     # 7. log
-                                   {"rollout": t1 - t0, "reward": t2 - t1, "learn": t3 - t2, "sync": t4 - t3})
+                                   {"rollout": t1 - t0, "reward": t2 - t1, "learn": t3 - t2, "sync": t4 - t3},
+                                   spec.reward_comparisons)
             metrics.update({**sampling_stats, **pipeline_stats, **staleness_stats})
             if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0 and step != spec.schedule.steps:
                 metrics.update(evaluate(actors, env, spec, step))

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from trainer.loop import train  # heavy imports only once the spec is known to be good
+    if spec.algorithm.fits_classifier:  # heavy imports only once the spec is known to be good
+        from trainer.outcome_model import fit as train
+    else:
+        from trainer.loop import train
 
     reporter = None
     if args.report_url:

@@ -18,6 +18,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from trainer.actors.affinity import local_cpu_cores
+from trainer.actors.classifier import OutcomeClassifier
 from trainer.actors.critic import Critic
 from trainer.actors.learner import Learner
 from trainer.actors.reward_worker import RewardWorker
@@ -78,6 +79,25 @@ class JobActors:
         remove_placement_group(self.pg)
 
 
+def _reserve(bundles: list[dict]):
+    """A placement group for the bundles, or a clear error when the cluster cannot place it."""
+    pg = placement_group(bundles, strategy="PACK")
+    try:
+        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        need, gpus = sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0) for b in bundles)
+        raise RuntimeError(f"the cluster could not place this job within {PLACEMENT_TIMEOUT_S} s: it needs "
+                           f"{need:g} CPUs{f' and {gpus} GPUs' if gpus else ''} "
+                           f"(resources now free: {ray.available_resources()})") from None
+    return pg
+
+
+def _in_bundle(pg, index: int, cpus: float, gpus: float) -> dict:
+    return dict(num_cpus=cpus, num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index))
+
+
 def start_actors(spec) -> JobActors:
     """Reserve the job's placement group and start every actor in it; learners are set up too.
 
@@ -97,19 +117,10 @@ def start_actors(spec) -> JobActors:
     bundles += [bundle(learner.num_cpus)] * critic_ranks + [{"CPU": REWARD_WORKER_CPUS}]
     first_learner = 0 if colocate else rollout.workers  # worker i sits in bundle i: its own, or rank i's
     first_critic = first_learner + learner.ranks
-    pg = placement_group(bundles, strategy="PACK")
-    try:
-        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        need = sum(b["CPU"] for b in bundles)
-        raise RuntimeError(f"the cluster could not place this job within {PLACEMENT_TIMEOUT_S} s: it needs "
-                           f"{need:g} CPUs{f' and {gpu * (len(bundles) - 1)} GPUs' if gpu else ''} "
-                           f"(resources now free: {ray.available_resources()})") from None
+    pg = _reserve(bundles)
 
     def opts(index: int, cpus: float, gpus: float):
-        return dict(num_cpus=cpus, num_gpus=gpus,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index))
+        return _in_bundle(pg, index, cpus, gpus)
 
     pin = local_cpu_cores()
     workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus, share))
@@ -140,6 +151,38 @@ def start_actors(spec) -> JobActors:
                 raise RuntimeError("rollout.vllm.weight_transfer: `nccl` needs GPUs, and this cluster has none "
                                    "(use `object_store`)")
             ray.get([lr.open_weight_transfer.remote(workers) for lr in learners])
+    except BaseException:
+        actors.shutdown()
+        raise
+    return actors
+
+
+@dataclass
+class ClassifierActors:
+    """An outcome_model job's actors: the classifier's DeepSpeed ranks, nothing else."""
+
+    ranks: list
+    pg: object
+
+    def shutdown(self) -> None:
+        for actor in self.ranks:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.pg)
+
+
+def start_classifiers(spec) -> ClassifierActors:
+    """The outcome model's ranks (`learner.ranks`, each `learner.num_cpus`), set up."""
+    learner = spec.learner
+    gpu = 1 if _cluster_has_gpus() else 0
+    pg = _reserve([{"CPU": learner.num_cpus, **({"GPU": gpu} if gpu else {})}] * learner.ranks)
+    pin = local_cpu_cores()
+    ranks = [ray.remote(OutcomeClassifier).options(**_in_bundle(pg, r, learner.num_cpus, gpu))
+             .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]
+    actors = ClassifierActors(ranks, pg)
+    try:
+        master = ray.get(ranks[0].address.remote())
+        per_rank = spec.rollout.prompts_per_step // learner.ranks
+        get_all([c.setup.remote(master, spec.model.path, spec.learner_dtype, learner, per_rank) for c in ranks])
     except BaseException:
         actors.shutdown()
         raise

@@ -16,9 +16,11 @@ from pathlib import Path
 from environments import ENVIRONMENTS, EnvironmentConfigError, UnknownEnvironmentError, path_fields
 from environments import build as build_environment
 from rewards.base import RewardConfigError
-from rewards.registry import UnknownRewardError, load
+from rewards.registry import BUILTINS, UnknownRewardError, load
 from trainer.driver.demonstrations import DemonstrationError, read_demonstrations
+from trainer.driver import outcomes
 from trainer.driver.offline import TraceLayoutError, prepare
+from trainer.driver.outcomes import OutcomeLabelError
 from trainer.spec import JobSpec, SpecError
 
 Progress = Callable[[str, str], None]
@@ -54,6 +56,10 @@ def named_paths(spec: JobSpec) -> dict[str, str]:
         target = (r.import_path or "").rpartition(":")[0]
         if target.endswith(".py") or "/" in target:
             paths[f"rewards.{i}.import_path"] = target
+        builtin = BUILTINS.get(r.name) if r.name else None
+        for key in path_fields(getattr(builtin, "config_model", None)):
+            if isinstance(r.config.get(key), str):
+                paths[f"rewards.{i}.config.{key}"] = r.config[key]
     return {**paths, **environment_paths(spec.environment.name, spec.environment.config, "environment")}
 
 
@@ -109,7 +115,13 @@ def preflight(spec: JobSpec, progress: Progress = _silent):
         except RewardConfigError as exc:
             errors.append({"field": f"rewards.{i}.config{'.' + exc.field if exc.field else ''}",
                            "message": exc.message})
-    if getattr(spec.algorithm, "offline", False):
+    if spec.algorithm.fits_classifier:
+        progress("algorithm.label", "finding the traces labelled on both sides, and the held-out ones")
+        try:
+            outcomes.split(list(env.tasks("train")), spec.algorithm)
+        except OutcomeLabelError as exc:
+            errors.append({"field": exc.field, "message": exc.message})
+    elif spec.algorithm.offline:
         progress("environment.config.snapshot", "laying out every trace as the learner will read it")
         try:
             prepare(list(env.tasks("train")), spec)

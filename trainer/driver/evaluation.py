@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 
 from trainer.actors.cluster import JobActors
+from trainer.driver.metrics import reward_gaps
 from trainer.driver.rollout import gather_scores, rollout
 from trainer.spec import JobSpec
 from trainer.types import Sample
@@ -32,6 +33,7 @@ def evaluate(actors: JobActors, env, spec: JobSpec, step: int) -> dict[str, floa
     for name, values in scores.components.items():
         vals = [v for v in values if v is not None]
         out[f"eval/reward/{name}"] = statistics.fmean(vals) if vals else 0.0
+    out.update({f"eval/{k}": v for k, v in reward_gaps(scores.components, spec.reward_comparisons).items()})
     if samples and all(s.outcome for s in samples):
         out.update(outcome_metrics(samples))
     return out

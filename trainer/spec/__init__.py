@@ -5,7 +5,7 @@ team code (docs/architecture.md, "Import rules").
     from trainer.spec import JobSpec, SpecError, load_spec, parse_spec
 """
 
-from trainer.spec.algorithms import ALGORITHM_SPECS, ALGORITHM_TAGS, AlgorithmSpec
+from trainer.spec.algorithms import ALGORITHM_SPECS, ALGORITHM_TAGS, POLICY_TAGS, AlgorithmSpec
 from trainer.spec.job import (
     EnvironmentSpec,
     JobSpec,
@@ -21,5 +21,5 @@ from trainer.spec.job import (
 from trainer.spec.loading import SpecError, describe_errors, load_spec, parse_overrides, parse_spec
 
 __all__ = ["ALGORITHM_SPECS", "ALGORITHM_TAGS", "AlgorithmSpec", "EnvironmentSpec", "JobSpec", "LearnerSpec",
-           "LoggingSpec", "ModelSpec", "RewardSpec", "RolloutSpec", "ScheduleSpec", "SpecError", "VLLMSpec", "WarmStartSpec",
+           "LoggingSpec", "ModelSpec", "POLICY_TAGS", "RewardSpec", "RolloutSpec", "ScheduleSpec", "SpecError", "VLLMSpec", "WarmStartSpec",
            "describe_errors", "load_spec", "parse_overrides", "parse_spec"]

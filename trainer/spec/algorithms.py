@@ -40,6 +40,7 @@ class StrictModel(BaseModel):
 
 class _PolicyGradient(StrictModel):
     offline: ClassVar[bool] = False
+    fits_classifier: ClassVar[bool] = False
     """On-policy: samples are rolled out by the policy being trained."""
 
     group_size: int = Field(default=8, ge=2, le=1024)
@@ -223,6 +224,7 @@ class _FromTraces(StrictModel):
     correct for."""
 
     offline: ClassVar[bool] = True
+    fits_classifier: ClassVar[bool] = False
     group_size: ClassVar[int] = 1
     kl_beta: ClassVar[float] = 0.0
     tis_cap: ClassVar[None] = None
@@ -283,9 +285,40 @@ class FilteredSFTSpec(_FromTraces):
     """A trace whose reward is at least this is learnt from; the rest are left out."""
 
 
+OutcomeLabel = str | bool | float
+
+
+class OutcomeModelSpec(_FromTraces):
+    """Not a policy: fit an outcome model on the traces, a sequence classifier (the base model with
+    a fresh scalar head) that predicts from a conversation whether its outcome label is one of the
+    `positive` values. A share of the traces is held out to measure its AUC and calibration; the
+    export is a Hugging Face sequence-classification folder that the `outcome_model` reward module
+    scores new conversations with (`trainer/outcome_model.py`)."""
+
+    type: Literal["outcome_model"] = "outcome_model"
+    fits_classifier: ClassVar[bool] = True
+
+    label: str = Field(default="outcome", min_length=1, max_length=200)
+    """The outcome label predicted (`outcome`, `accepted`, ...)."""
+
+    positive: list[OutcomeLabel] = Field(default=["resolved"], min_length=1, max_length=100)
+    """The label's values that count as the good outcome; every other value is the bad one, and a
+    trace without the label is left out."""
+
+    holdout: float = Field(default=0.2, gt=0, lt=1)
+    """Share of the traces held out to measure the model (chosen by a hash of each trace's id, so
+    the same trace is always on the same side)."""
+
+    max_tokens: int = Field(default=1024, ge=16, le=1_048_576)
+    """Longest conversation read, in tokens; a longer one keeps its last `max_tokens` (the end,
+    where outcomes show)."""
+
+
 ONLINE_SPECS = (GRPOSpec, DrGRPOSpec, RLOOSpec, ReinforcePPSpec, DAPOSpec, GSPOSpec, PPOSpec)
 OFFLINE_SPECS = (OfflinePGSpec, KTOSpec, FilteredSFTSpec)
-ALGORITHM_SPECS = ONLINE_SPECS + OFFLINE_SPECS
+ALGORITHM_SPECS = ONLINE_SPECS + OFFLINE_SPECS + (OutcomeModelSpec,)
 ALGORITHM_TAGS = {cls.model_fields["type"].default for cls in ALGORITHM_SPECS}
+POLICY_TAGS = ALGORITHM_TAGS - {"outcome_model"}
+"""The algorithms that train a policy (each an object in `trainer.algorithms`)."""
 AlgorithmSpec = Annotated[GRPOSpec | DrGRPOSpec | RLOOSpec | ReinforcePPSpec | DAPOSpec | GSPOSpec | PPOSpec
-                          | OfflinePGSpec | KTOSpec | FilteredSFTSpec, Field(discriminator="type")]
+                          | OfflinePGSpec | KTOSpec | FilteredSFTSpec | OutcomeModelSpec, Field(discriminator="type")]

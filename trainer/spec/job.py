@@ -54,6 +54,12 @@ class RewardSpec(StrictModel):
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Time limit for one batched call; past it the batch's samples are marked failed."""
 
+    compare_to: str | None = Field(default=None, min_length=1, max_length=200)
+    """The label of another of the job's reward modules that measures the truth this one predicts
+    (an `outcome_model` against `resolution` at weight 0, where the environment knows the outcome).
+    Each step then logs `reward_gap/<label>`, this module's mean minus that one's over the samples
+    both scored: a policy that learns to fool a learned reward shows as a growing gap."""
+
     @model_validator(mode="after")
     def _one_source(self) -> RewardSpec:
         if (self.name is None) == (self.import_path is None):
@@ -244,8 +250,9 @@ class JobSpec(StrictModel):
     environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
     """Where tasks come from and, for multi-turn work, who answers the policy."""
 
-    rewards: list[RewardSpec] = Field(min_length=1, max_length=32)
-    """Reward modules, summed with their weights; each component is logged."""
+    rewards: list[RewardSpec] = Field(default_factory=list, max_length=32)
+    """Reward modules, summed with their weights; each component is logged. At least one, except
+    for an `outcome_model` job, whose labels are the traces' outcomes."""
 
     reward_failure_threshold: float = Field(default=0.25, ge=0, le=1)
     """A step in which more than this share of a module's samples fail stops the job."""
@@ -277,6 +284,21 @@ class JobSpec(StrictModel):
         if self.rollout.engine == "vllm" and vllm.sleep and self.rollout.workers != self.learner.ranks:
             raise ValueError(f"rollout.vllm.sleep: each rollout worker shares a GPU with one learner rank, so "
                              f"rollout.workers ({self.rollout.workers}) must equal learner.ranks ({self.learner.ranks})")
+        return self
+
+    @model_validator(mode="after")
+    def _rewards_for_a_policy(self) -> JobSpec:
+        """A policy needs a reward; the outcome model learns from the labels and scores nothing."""
+        if self.algorithm.fits_classifier and self.rewards:
+            raise ValueError(f"rewards: an outcome_model job is scored by its traces' `{self.algorithm.label}` "
+                             "label, not by reward modules; expected none")
+        if not self.algorithm.fits_classifier and not self.rewards:
+            raise ValueError("rewards: expected at least one reward module")
+        labels = [r.label for r in self.rewards]
+        for i, r in enumerate(self.rewards):
+            if r.compare_to is not None and (r.compare_to not in labels or r.compare_to == r.label):
+                raise ValueError(f"rewards.{i}.compare_to: {r.compare_to!r} is not another of this job's reward "
+                                 f"modules; expected one of {[x for x in labels if x != r.label]}")
         return self
 
     @model_validator(mode="after")
@@ -329,6 +351,11 @@ class JobSpec(StrictModel):
     def mini_batches(self) -> int:
         """Optimizer steps per rollout batch and epoch (PPO's mini-batches; 1 otherwise)."""
         return self.algorithm.mini_batch_count
+
+    @property
+    def reward_comparisons(self) -> dict[str, str]:
+        """Each reward module's label and the label of the module it is compared to (`compare_to`)."""
+        return {r.label: r.compare_to for r in self.rewards if r.compare_to is not None}
 
     @property
     def learner_dtype(self) -> str:
