@@ -54,8 +54,9 @@ def run_job(c: httpx.Client, spec: dict) -> dict:
     from service.client import check
 
     job = check(c.post("/v1/jobs", json=spec))
-    print(f"  {spec['name']}: {job['id']} ({job['traces']['count']} traces, snapshot {job['traces']['sha256'][:12]})",
-          flush=True)
+    frozen = job.get("traces")
+    print(f"  {spec['name']}: {job['id']}" + (f" ({frozen['count']} traces, snapshot {frozen['sha256'][:12]})"
+                                              if frozen else ""), flush=True)
     started = time.monotonic()
     while job["state"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(3)

@@ -92,3 +92,31 @@ def test_traces_the_algorithm_cannot_read_are_refused_before_the_job(tiny_model,
     job = spec(tiny_model, environment={"name": "traces", "config": {"snapshot": str(tmp_path / "s.parquet")}},
                rewards=[{"name": "resolution"}], learner={"micro_batch": 2}, algorithm={"type": "offline_pg"})
     assert "trace 't-1', message 1: no behaviour logprobs" in errors(job)["environment.config.snapshot"]
+
+
+def test_traces_an_outcome_model_cannot_be_fitted_on_name_the_field(tiny_model, tmp_path):
+    from environments.traces import write_snapshot
+
+    def job(outcomes, **algorithm):
+        traces = [{"trace_id": f"t-{i}", "model": "agent", "outcome": o,
+                   "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+                  for i, o in enumerate(outcomes)]
+        write_snapshot(traces, tmp_path / "s.parquet")
+        return spec(tiny_model, environment={"name": "traces", "config": {"snapshot": str(tmp_path / "s.parquet")}},
+                    rewards=[], learner={"micro_batch": 2}, algorithm={"type": "outcome_model", **algorithm})
+
+    assert "no trace has the label 'accepted'; the traces' outcome labels are ['outcome']" in \
+        errors(job([{"outcome": "resolved"}] * 4, label="accepted"))["algorithm.label"]
+    assert "all 4 labelled traces are positive" in errors(job([{"outcome": "resolved"}] * 4))["algorithm.positive"]
+    mixed = [{"outcome": "resolved"}, {"outcome": "escalated"}] * 2
+    assert "do not hold both outcomes" in errors(job(mixed, holdout=0.01))["algorithm.holdout"]
+    assert len(preflight(job(mixed * 20)).tasks("train")) == 80
+
+
+def test_a_reward_module_path_is_a_named_path_and_must_be_an_export(tiny_model, tmp_path):
+    from trainer.checks.preflight import named_paths
+
+    s = spec(tiny_model, rewards=[{"name": "outcome_model", "config": {"path": str(tmp_path)}}])
+    assert named_paths(s)["rewards.0.config.path"] == str(tmp_path)
+    assert "is not an outcome model: expected the folder an outcome_model job exported" in \
+        errors(s)["rewards.0.config.path"]

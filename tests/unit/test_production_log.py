@@ -5,6 +5,8 @@ turns the agent wrote."""
 import random
 from collections import Counter
 
+import pytest
+
 from environments import build
 from environments.support_desk.legacy import Mistakes, legacy_turns
 from environments.support_desk.production import PRODUCTION_SEED_OFFSET, production_log
@@ -33,3 +35,27 @@ def test_the_log_is_valid_openai_format_and_reads_back_as_the_agents_own_turns(t
 def test_the_legacy_agent_makes_its_mistakes_in_production():
     outcomes = Counter(o["outcome"] for _, o in production_log(400, Mistakes()))
     assert outcomes["violation"] > 20 and outcomes["escalated"] > 60 and outcomes["resolved"] > 150
+
+
+def test_a_model_folder_as_the_agent_logs_its_sampled_tokens_with_their_logprobs(tiny_model):
+    import torch
+
+    from environments.support_desk.model_agent import ModelAgent
+
+    agent = ModelAgent(str(tiny_model), max_new_tokens=6, seed=1)
+    log = production_log(3, Mistakes(), agent="tiny", agent_model=agent)
+    tok, model = agent.tokenizer, agent.model
+    for trace, outcome in log:
+        assert trace["model"] == "tiny" and outcome["outcome"] in ("resolved", "escalated", "violation")
+        assert trace_problems(TraceIn.model_validate(trace), "trace") == []
+        history = []
+        for m in trace["messages"]:
+            if m["role"] == "assistant":  # the logged logprobs are the model's own, token for token (T = 1)
+                lp = m["logprobs"]
+                text = tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+                ids = tok(text, add_special_tokens=False)["input_ids"]
+                with torch.no_grad():
+                    logits = model(torch.tensor([ids + lp["token_ids"]])).logits[0, len(ids) - 1:-1]
+                expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(lp["token_ids"])[:, None]).squeeze(1)
+                assert lp["logprobs"] == pytest.approx(expected.tolist(), abs=1e-4)
+            history.append({"role": m["role"], "content": m.get("content") or ""})

@@ -122,3 +122,24 @@ def test_spec_package_imports_no_ml_library_and_no_ray():
             "print(sorted(m for m in ('torch', 'ray', 'transformers', 'deepspeed', 'trl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_outcome_model_jobs_take_no_rewards_and_policies_need_one():
+    traces = {"name": "traces", "config": {"snapshot": "s.parquet"}}
+    spec = parse_spec({"model": {"path": "m"}, "environment": traces, "algorithm": {"type": "outcome_model"},
+                       "learner": {"micro_batch": 2}})
+    assert spec.algorithm.fits_classifier and spec.algorithm.positive == ["resolved"] and spec.rewards == []
+    errs = fields({**BASE, "environment": traces, "algorithm": {"type": "outcome_model"}, "learner": {"micro_batch": 2}})
+    assert "scored by its traces' `outcome` label" in errs["rewards"]
+    assert fields({"model": {"path": "m"}})["rewards"] == "expected at least one reward module"
+    errs = fields({"model": {"path": "m"}, "algorithm": {"type": "outcome_model", "holdout": 1.0}})
+    assert "less than 1" in errs["algorithm.holdout"]
+
+
+def test_compare_to_names_another_reward_module():
+    two = [{"name": "outcome_model", "config": {"path": "x"}, "compare_to": "resolution"},
+           {"name": "resolution", "weight": 0.0}]
+    assert parse_spec({**BASE, "rewards": two}).reward_comparisons == {"outcome_model": "resolution"}
+    errs = fields({**BASE, "rewards": [{**two[0], "compare_to": "resolved"}, two[1]]})
+    assert errs["rewards.0.compare_to"] == "'resolved' is not another of this job's reward modules; expected one of " \
+                                          "['resolution']"

@@ -17,8 +17,8 @@ from environments import ENVIRONMENTS, EnvironmentConfigError, UnknownEnvironmen
 from environments import build as build_environment
 from rewards.base import RewardConfigError
 from rewards.registry import BUILTINS, UnknownRewardError, load
-from trainer.driver.demonstrations import DemonstrationError, read_demonstrations
 from trainer.driver import outcomes
+from trainer.driver.demonstrations import DemonstrationError, read_demonstrations
 from trainer.driver.offline import TraceLayoutError, prepare
 from trainer.driver.outcomes import OutcomeLabelError
 from trainer.spec import JobSpec, SpecError
