@@ -1,4 +1,4 @@
-"""Fitting an outcome model (`algorithm.type = "outcome_model"`): a classifier that predicts from a
+"""Fitting an outcome model (the `outcome_model` algorithm): a classifier that predicts from a
 conversation whether production saw the good outcome, learned from the `traces` environment's
 labelled traces, measured on the held-out ones, and exported for the `outcome_model` reward module.
 
