@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from service.api import openapi
-from service.api.routes import catalog, health, jobs, report, traces
+from service.api.routes import catalog, deployments, health, jobs, models, report, traces
 from service.core import errors
 from service.core.config import Settings
 from service.core.store import make_engine, migrate, session_factory
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         PROJECT_DIR / "runs", PROJECT_DIR / "configs", settings.runs_dir])]
     app.state.metrics = health.ServiceMetrics()
     errors.install(app)
-    for module in (jobs, traces, report, catalog, health):
+    for module in (jobs, traces, models, deployments, report, catalog, health):
         app.include_router(module.router)
     openapi.install(app)
 

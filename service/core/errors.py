@@ -22,17 +22,18 @@ UNION_MEMBER = re.compile(r"str|int|float|bool|none|[a-z_-]+\[.*\]|[A-Z][A-Za-z0
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None, errors: list[dict[str, str]] | None = None):
+                 headers: dict[str, str] | None = None, errors: list[dict[str, str]] | None = None,
+                 extra: dict | None = None):
         self.status, self.code, self.message, self.field = status, code, message, field
-        self.headers, self.errors = headers, errors
+        self.headers, self.errors, self.extra = headers, errors, extra
 
 
 def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
-def _body(code: str, message: str, field: str | None, errors: list | None = None) -> dict:
-    body = {"error": {"code": code, "message": message, "field": field}}
+def _body(code: str, message: str, field: str | None, errors: list | None = None, extra: dict | None = None) -> dict:
+    body = {"error": {"code": code, "message": message, "field": field, **(extra or {})}}
     if errors:
         body["error"]["errors"] = errors
     return body
@@ -46,7 +47,7 @@ def json_error(status: int, code: str, message: str, field: str | None = None) -
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.message, exc.field, exc.errors), status_code=exc.status,
+        return JSONResponse(_body(exc.code, exc.message, exc.field, exc.errors, exc.extra), status_code=exc.status,
                             headers=exc.headers)
 
     @app.exception_handler(SpecError)

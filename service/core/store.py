@@ -1,5 +1,6 @@
-"""The system of record: teams, API keys, jobs, each job's events, metrics and checkpoints, and
-the production traces (conversations and their outcomes) that later jobs learn from.
+"""The system of record: teams, API keys, jobs, each job's events, metrics and checkpoints, the
+production traces (conversations and their outcomes) that later jobs learn from, the models the
+jobs trained, and the deployments that serve them.
 
 SQLAlchemy 2 models; the schema is created and upgraded by Alembic (`service/migrations`), the
 same code on SQLite and Postgres. Rows that a trainer reports carry a per-job sequence number or
@@ -17,6 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -166,6 +168,66 @@ class Trace(Base):
     """When the conversation happened (the client's time, else when it arrived)."""
     received_at: Mapped[datetime] = mapped_column(default=now)
     outcome_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ModelVersion(Base):
+    """A trained model: the export of one succeeded job, with what it was trained from and on, and
+    its held-out evaluation (the registry; `service/models/registry.py`)."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_team_created", "team_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("mdl"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))
+    """`policy`, or `outcome_model` (a classifier for the outcome_model reward)."""
+    base_model: Mapped[str] = mapped_column(String(500))
+    """The job's `model.path`: what it started from."""
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    """The registered model the job started from, when it started from one (lineage)."""
+    path: Mapped[str] = mapped_column(String(500))
+    files: Mapped[list[Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    traces_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rewards: Mapped[list[Any]] = mapped_column(JSON)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    """The job's held-out evaluation by phase (`before`, `after`)."""
+    eval_environment: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    """The environment whose held-out split that evaluation ran on: two evaluations compare only
+    when this is the same."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class Deployment(Base):
+    """A named deployment (`support-agent`): the model version it serves, the ones it served
+    before (for rollback), and the gate a candidate must pass to replace it."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dep"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    """The model versions served before the current one, oldest first: rollback takes the last."""
+    gate: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class DeploymentEvent(Base):
+    """Every change to a deployment, and every refusal: created, promoted, refused, rolled_back."""
+
+    __tablename__ = "deployment_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    previous_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
 
 
 class Lease(Base):

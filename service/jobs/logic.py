@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from service.core.errors import ApiError
 from service.core.states import LIVE, JobState, check_transition
 from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric, Team, new_id, now
+from service.models import registry
 from trainer.spec import JobSpec
 
 
@@ -94,6 +95,10 @@ def transition(session: Session, job: Job, target: JobState, message: str = "", 
     if error is not None:
         job.error = error
     add_event(session, job, target.value, message or f"job {target.value}")
+    if target == JobState.succeeded:
+        model = registry.register(session, job)
+        if model is not None:
+            add_event(session, job, "registered", f"model {model.id} registered", {"model": model.id})
 
 
 def queue_position(session: Session, job: Job) -> int | None:

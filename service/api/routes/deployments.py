@@ -1,0 +1,93 @@
+"""`/v1/deployments`: named deployments, each serving one model version, moved through its gate
+(`service/models/deployments.py`): create, list, show, promote, roll back, and the events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from service.api.deps import SessionDep, TeamDep
+from service.api.model_schemas import (
+    DEPLOYMENT_NAME,
+    DeploymentEventOut,
+    DeploymentEvents,
+    DeploymentIn,
+    DeploymentList,
+    DeploymentOut,
+    PromoteIn,
+    PromoteOut,
+)
+from service.api.routes.models import owned_model
+from service.core.errors import ApiError, not_found
+from service.core.store import Deployment, DeploymentEvent
+from service.models import deployments
+
+router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
+
+Name = Annotated[str, Path(pattern=DEPLOYMENT_NAME)]
+
+
+def deployment_out(d: Deployment) -> DeploymentOut:
+    return DeploymentOut(id=d.id, name=d.name, model=d.model_id, history=d.history, gate=d.gate,
+                         created_at=d.created_at, updated_at=d.updated_at)
+
+
+def owned_deployment(session, team, name: str) -> Deployment:
+    dep = session.scalar(select(Deployment).where(Deployment.team_id == team.id, Deployment.name == name))
+    if dep is None:
+        raise not_found(f"deployment {name!r}")
+    return dep
+
+
+@router.post("", status_code=201)
+def create_deployment(body: DeploymentIn, session: SessionDep, team: TeamDep) -> DeploymentOut:
+    model = owned_model(session, team, body.model, "model") if body.model else None
+    try:
+        dep = deployments.create(session, team, body.name, model, body.gate)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ApiError(409, "already_exists", f"deployment {body.name!r} exists", "name") from None
+    return deployment_out(dep)
+
+
+@router.get("")
+def list_deployments(session: SessionDep, team: TeamDep) -> DeploymentList:
+    rows = session.scalars(select(Deployment).where(Deployment.team_id == team.id).order_by(Deployment.name)).all()
+    return DeploymentList(deployments=[deployment_out(d) for d in rows])
+
+
+@router.get("/{name}")
+def get_deployment(name: Name, session: SessionDep, team: TeamDep) -> DeploymentOut:
+    return deployment_out(owned_deployment(session, team, name))
+
+
+@router.post("/{name}/promote")
+def promote(name: Name, body: PromoteIn, session: SessionDep, team: TeamDep) -> PromoteOut:
+    """Serve `model` if it passes the deployment's gate against the current one; a refusal is a 409
+    with the verdict table (`error.verdict`), recorded as an event, and the deployment keeps its model."""
+    dep = owned_deployment(session, team, name)
+    verdict = deployments.promote(session, dep, owned_model(session, team, body.model, "model"))
+    session.commit()
+    return PromoteOut(deployment=deployment_out(dep), verdict=verdict)
+
+
+@router.post("/{name}/rollback")
+def rollback(name: Name, session: SessionDep, team: TeamDep) -> DeploymentOut:
+    dep = owned_deployment(session, team, name)
+    deployments.rollback(session, dep)
+    session.commit()
+    return deployment_out(dep)
+
+
+@router.get("/{name}/events")
+def events(name: Name, session: SessionDep, team: TeamDep) -> DeploymentEvents:
+    dep = owned_deployment(session, team, name)
+    rows = session.scalars(select(DeploymentEvent).where(DeploymentEvent.deployment_id == dep.id)
+                           .order_by(DeploymentEvent.id)).all()
+    return DeploymentEvents(events=[DeploymentEventOut(kind=e.kind, model=e.model_id, previous_model=e.previous_model_id,
+                                                       message=e.message, verdict=e.verdict, created_at=e.created_at)
+                                    for e in rows])

@@ -1,0 +1,85 @@
+"""The model registry: every succeeded job's export becomes a model version, recorded with what it
+started from (the base model, and the registered parent when it started from one: lineage), what it
+learned from (the trace snapshot's hash, the reward modules), its held-out evaluation and the
+environment that evaluation ran on, and its files. Registered when the job turns `succeeded`
+(`service.jobs.logic.transition`), once per job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.core.store import Job, JobEvent, ModelVersion
+from trainer.spec import JobSpec
+
+
+def _export_dir(session: Session, job: Job) -> str | None:
+    """Where the trainer said it exported the model (its `finished` report)."""
+    data = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.kind == "finished")
+                           .order_by(JobEvent.id.desc())).first()
+    return (data or {}).get("export_dir")
+
+
+def _files(folder: Path) -> list[dict[str, Any]]:
+    if not folder.is_dir():
+        return []
+    return [{"name": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size}
+            for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def held_out_environment(spec: JobSpec, traces_sha256: str | None) -> dict[str, Any] | None:
+    """What a job's held-out evaluation ran on: its environment's eval split as configured (fields
+    that only choose training tasks, `train*`, aside), the `traces` environment's `eval` one, or,
+    for an outcome model, its held-out share of one trace snapshot. Two evaluations compare only
+    when this is equal."""
+    env = spec.environment
+    if spec.algorithm.fits_classifier:
+        return {"name": "traces", "snapshot_sha256": traces_sha256, "holdout": spec.algorithm.holdout}
+    if env.name == "traces":
+        inner = env.config.get("eval")
+        if not isinstance(inner, dict):
+            return None
+        env_name, config = inner.get("name"), inner.get("config", {})
+    else:
+        env_name, config = env.name, env.config
+    return {"name": env_name, "config": {k: v for k, v in sorted(config.items()) if not k.startswith("train")}}
+
+
+def register(session: Session, job: Job) -> ModelVersion | None:
+    """The job's model version, registered now if it is not yet; None when the job exported nothing."""
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    if existing is not None:
+        return existing
+    export = _export_dir(session, job)
+    if not export:
+        return None
+    spec = JobSpec.model_validate(job.spec)
+    path = Path(export).resolve()
+    base = str(Path(spec.model.path).resolve()) if Path(spec.model.path).exists() else spec.model.path
+    parent = session.scalar(select(ModelVersion.id).where(ModelVersion.team_id == job.team_id,
+                                                          ModelVersion.path == base))
+    files = _files(path)
+    version = ModelVersion(team_id=job.team_id, job_id=job.id, name=job.name,
+                           kind="outcome_model" if spec.algorithm.fits_classifier else "policy",
+                           base_model=spec.model.path, parent_id=parent, path=str(path), files=files,
+                           size_bytes=sum(f["bytes"] for f in files), traces_sha256=job.traces_sha256,
+                           rewards=[{"name": r.label, "weight": r.weight} for r in spec.rewards],
+                           evaluation=job.result, eval_environment=held_out_environment(spec, job.traces_sha256))
+    session.add(version)
+    session.flush()
+    return version
+
+
+def lineage(session: Session, model: ModelVersion) -> list[str]:
+    """The model's ancestors' ids, parent first."""
+    out, seen = [], {model.id}
+    parent = model.parent_id
+    while parent is not None and parent not in seen:
+        out.append(parent)
+        seen.add(parent)
+        parent = session.scalar(select(ModelVersion.parent_id).where(ModelVersion.id == parent))
+    return out

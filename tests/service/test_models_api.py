@@ -1,0 +1,159 @@
+"""The model registry and deployments over HTTP on a real store: every succeeded job's export is a
+model version (with its lineage, files and evaluation), a deployment moves only through its gate
+(a worse candidate is refused with the table that says why, and the deployment keeps serving the
+old model), rollback, events for every change and refusal, team isolation, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from service.core.states import JobState
+from service.core.store import Job, Team
+from service.jobs import logic
+from tests.service.conftest import auth
+from trainer.spec import parse_spec
+
+DESK = {"name": "support_desk", "config": {"train_size": 100, "eval_size": 50, "max_turns": 5}}
+
+
+class Trainer:
+    """Jobs taken through what a trainer reports and what the scheduler does when Ray says a job
+    succeeded, straight on the store (launching is off in these tests)."""
+
+    def __init__(self, teams, tmp_path):
+        self.sessions, self.tmp = teams.sessions, tmp_path
+
+    def finish(self, team_name: str, name: str, base: str, metrics: dict | None, env: dict = DESK,
+               state: JobState = JobState.succeeded, **spec) -> str:
+        export = self.tmp / name / "model"
+        export.mkdir(parents=True)
+        (export / "config.json").write_text("{}")
+        (export / "model.safetensors").write_bytes(b"\0" * 1000)
+        with self.sessions() as s:
+            team = s.scalar(select(Team).where(Team.name == team_name))
+            job_spec = parse_spec({"name": name, "model": {"path": base}, "environment": env,
+                                   "rewards": [{"name": "resolution"}], **spec}).model_dump(mode="json")
+            job = Job(team_id=team.id, name=name, state=JobState.running, spec=job_spec, steps=1)
+            s.add(job)
+            s.commit()
+            if metrics is not None:
+                logic.record_report(s, job, 1, "evaluation", "", {"phase": "after", "step": 1, "metrics": metrics})
+            logic.record_report(s, job, 2, "finished", "", {"export_dir": str(export)})
+            logic.transition(s, job, state, f"Ray reports the job {state.value}")
+            s.commit()
+            return job.id
+
+
+def rates(resolved: float, violation: float) -> dict:
+    return {"eval/resolved_rate": resolved, "eval/escalated_rate": 1 - resolved - violation,
+            "eval/violation_rate": violation}
+
+
+@pytest.fixture
+def trainer(teams, tmp_path):
+    return Trainer(teams, tmp_path)
+
+
+def model_of(client, key, job_id) -> dict:
+    models = client.get("/v1/models", headers=auth(key)).json()["models"]
+    return next(m for m in models if m["job_id"] == job_id)
+
+
+def test_every_succeeded_job_is_a_model_version_with_its_lineage(client, teams, trainer):
+    alice, _ = teams.key("alice")
+    bob, _ = teams.key("bob")
+    first = model_of(client, alice, trainer.finish("alice", "warm", "runs/desk-model", rates(0.5, 0.1)))
+    assert first["kind"] == "policy" and first["parent_id"] is None and first["lineage"] == []
+    assert first["files"] == [{"name": "config.json", "bytes": 2}, {"name": "model.safetensors", "bytes": 1000}]
+    assert first["size_bytes"] == 1002 and first["rewards"] == [{"name": "resolution", "weight": 1.0}]
+    assert first["evaluation"]["after"]["metrics"]["eval/resolved_rate"] == 0.5
+    assert first["eval_environment"] == {"name": "support_desk", "config": {"eval_size": 50, "max_turns": 5}}
+    second = model_of(client, alice, trainer.finish("alice", "round1", first["path"], rates(0.6, 0.1)))
+    third = model_of(client, alice, trainer.finish("alice", "round2", second["path"], rates(0.7, 0.1)))
+    assert third["parent_id"] == second["id"] and third["lineage"] == [second["id"], first["id"]]
+    trainer.finish("alice", "broken", first["path"], None, state=JobState.failed)  # a failed job registers nothing
+    listed = client.get("/v1/models", headers=auth(alice)).json()["models"]
+    assert [m["name"] for m in listed] == ["round2", "round1", "warm"]
+    assert client.get(f"/v1/models/{third['id']}", headers=auth(alice)).json() == third
+    assert client.get(f"/v1/models/{third['id']}", headers=auth(bob)).status_code == 404  # another team's
+    assert client.get("/v1/models", headers=auth(bob)).json()["models"] == []
+    assert client.get("/v1/models", params={"kind": "outcome_model"}, headers=auth(alice)).json()["models"] == []
+    r = client.get("/v1/models", params={"kind": "reward"}, headers=auth(alice))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "query.kind"
+
+
+def test_a_deployment_moves_only_through_its_gate(client, teams, trainer):
+    alice, _ = teams.key("alice")
+    bob, _ = teams.key("bob")
+    v1 = model_of(client, alice, trainer.finish("alice", "v1", "runs/desk-model", rates(0.55, 0.10)))["id"]
+    worse = model_of(client, alice, trainer.finish("alice", "escalates-all", "runs/desk-model", rates(0.20, 0.0)))["id"]
+    v2 = model_of(client, alice, trainer.finish("alice", "v2", "runs/desk-model", rates(0.70, 0.05)))["id"]
+    other_env = {**DESK, "config": {**DESK["config"], "eval_size": 80}}
+    elsewhere = model_of(client, alice, trainer.finish("alice", "other-eval", "runs/desk-model", rates(0.9, 0.0),
+                                                       env=other_env))["id"]
+    gate = {"rules": [{"metric": "resolved_rate", "min_gain": 0.02}, {"metric": "violation_rate", "better": "lower"}],
+            "ceilings": {"violation_rate": 0.12}}
+    r = client.post("/v1/deployments", json={"name": "support-agent", "model": v1, "gate": gate}, headers=auth(alice))
+    assert r.status_code == 201 and r.json()["model"] == v1
+
+    r = client.post("/v1/deployments/support-agent/promote", json={"model": worse}, headers=auth(alice))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "gate_refused"
+    verdict = r.json()["error"]["verdict"]
+    assert not verdict["passed"] and [row["passed"] for row in verdict["rows"]] == [False, True, True]
+    assert verdict["rows"][0]["change"] == pytest.approx(-0.35)
+    assert "eval/resolved_rate 0.55 → 0.2" in r.json()["error"]["message"]
+    assert client.get("/v1/deployments/support-agent", headers=auth(alice)).json()["model"] == v1  # keeps serving
+
+    r = client.post("/v1/deployments/support-agent/promote", json={"model": elsewhere}, headers=auth(alice))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_comparable"
+
+    r = client.post("/v1/deployments/support-agent/promote", json={"model": v2}, headers=auth(alice))
+    assert r.status_code == 200 and r.json()["verdict"]["passed"]
+    assert r.json()["deployment"]["model"] == v2 and r.json()["deployment"]["history"] == [v1]
+    assert client.post("/v1/deployments/support-agent/promote", json={"model": v2},
+                       headers=auth(alice)).json()["error"]["code"] == "already_serving"
+
+    r = client.post("/v1/deployments/support-agent/rollback", headers=auth(alice))
+    assert r.status_code == 200 and r.json()["model"] == v1 and r.json()["history"] == []
+    r = client.post("/v1/deployments/support-agent/rollback", headers=auth(alice))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "nothing_to_roll_back"
+
+    events = client.get("/v1/deployments/support-agent/events", headers=auth(alice)).json()["events"]
+    assert [e["kind"] for e in events] == ["created", "refused", "refused", "promoted", "rolled_back"]
+    assert events[1]["verdict"] == verdict and events[3]["previous_model"] == v1
+
+    # Team isolation: bob sees neither the deployment nor alice's models.
+    assert client.get("/v1/deployments/support-agent", headers=auth(bob)).status_code == 404
+    assert client.post("/v1/deployments/support-agent/rollback", headers=auth(bob)).status_code == 404
+    r = client.post("/v1/deployments", json={"name": "mine", "model": v1}, headers=auth(bob))
+    assert r.status_code == 404 and r.json()["error"]["field"] == "model"
+    assert client.get("/v1/deployments", headers=auth(bob)).json()["deployments"] == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"name": "has space"}, "name"),
+    ({"name": "a", "model": "job_123"}, "model"),
+    ({"name": "a", "gate": {"rules": [{"metric": "resolved rate"}]}}, "gate.rules.0.metric"),
+    ({"name": "a", "gate": {"rules": [{"metric": "resolved_rate", "better": "more"}]}}, "gate.rules.0.better"),
+    ({"name": "a", "gate": {"ceilings": {"violation_rate": "low"}}}, "gate.ceilings.violation_rate"),
+    ({"name": "a", "gate": {"typo": 1}}, "gate.typo"),
+])
+def test_bad_deployment_input_names_the_field(client, teams, body, field):
+    alice, _ = teams.key("alice")
+    r = client.post("/v1/deployments", json=body, headers=auth(alice))
+    assert r.status_code == 422 and r.json()["error"]["field"] == field, r.json()
+
+
+def test_an_outcome_model_is_not_served_and_names_cannot_repeat(client, teams, trainer, tmp_path):
+    alice, _ = teams.key("alice")
+    traces = {"name": "traces", "config": {"snapshot": str(tmp_path / "s.parquet")}}
+    classifier = model_of(client, alice, trainer.finish("alice", "om", "runs/desk-model", {"eval/auc": 0.9}, env=traces,
+                                                        rewards=[], algorithm={"type": "outcome_model"},
+                                                        learner={"micro_batch": 2}))
+    assert classifier["kind"] == "outcome_model"
+    r = client.post("/v1/deployments", json={"name": "x", "model": classifier["id"]}, headers=auth(alice))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_a_policy"
+    assert client.post("/v1/deployments", json={"name": "x"}, headers=auth(alice)).status_code == 201
+    r = client.post("/v1/deployments", json={"name": "x"}, headers=auth(alice))
+    assert r.status_code == 409 and r.json()["error"]["field"] == "name"
