@@ -7,7 +7,8 @@
     flywheel submit configs/demo.toml --follow
     flywheel list | get JOB | follow JOB | cancel JOB | validate SPEC | rewards | environments
     flywheel traces import LOGS.jsonl | export --outcome resolved | stats --model support-agent
-    flywheel models import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct
+    flywheel models list | show MODEL | import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct
+    flywheel deploy create support-agent --model MODEL | promote support-agent MODEL | rollback support-agent
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from service.client import check, client, console, names_table, show
+from service.models.cli import deploy, models
 from service.traces.cli import traces
 from trainer.spec.results import result_table
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, rich_markup_mode=None)
 admin = typer.Typer(help="Teams and API keys (acts on the store directly).", no_args_is_help=True)
 app.add_typer(admin, name="admin")
-models = typer.Typer(help="Base models on this machine.", no_args_is_help=True)
 app.add_typer(models, name="models")
+app.add_typer(deploy, name="deploy")
 app.add_typer(traces, name="traces")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

@@ -157,3 +157,35 @@ def test_an_outcome_model_is_not_served_and_names_cannot_repeat(client, teams, t
     assert client.post("/v1/deployments", json={"name": "x"}, headers=auth(alice)).status_code == 201
     r = client.post("/v1/deployments", json={"name": "x"}, headers=auth(alice))
     assert r.status_code == 409 and r.json()["error"]["field"] == "name"
+
+
+def test_the_cli_lists_models_and_shows_why_the_gate_refused(tmp_path, ray_head):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.service.conftest import ServiceProcess, Teams
+
+    service = ServiceProcess(tmp_path, ray_head)
+    trainer = Trainer(Teams(service.database_url), tmp_path / "jobs")
+    env = {"FLYWHEEL_URL": service.url, "FLYWHEEL_API_KEY": service.key, "PATH": "", "COLUMNS": "200",
+           "HOME": str(tmp_path)}
+
+    def flywheel(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    try:
+        trainer.finish("alice", "v1", "runs/desk-model", rates(0.55, 0.10))
+        trainer.finish("alice", "escalates-all", "runs/desk-model", rates(0.20, 0.0))
+        ids = {m["name"]: m["id"] for m in service.client.get("/v1/models").json()["models"]}
+        listed = flywheel("models", "list")
+        assert listed.returncode == 0 and "escalates-all" in listed.stdout and "resolved_rate 0.55" in listed.stdout
+        assert flywheel("deploy", "create", "support-agent", "--model", ids["v1"]).returncode == 0
+        refused = flywheel("deploy", "promote", "support-agent", ids["escalates-all"])
+        assert refused.returncode == 1 and "gate_refused" in refused.stdout
+        assert "resolved_rate" in refused.stdout and "FAIL" in refused.stdout and "-0.35" in refused.stdout
+        assert f"serving {ids['v1']}" in flywheel("deploy", "list").stdout
+        assert "refused" in flywheel("deploy", "events", "support-agent").stdout
+    finally:
+        service.stop()
