@@ -9,6 +9,7 @@
     flywheel traces import LOGS.jsonl | export --outcome resolved | stats --model support-agent
     flywheel models list | show MODEL | import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct
     flywheel deploy create support-agent --model MODEL | promote support-agent MODEL | rollback support-agent
+    flywheel serve-model support-agent --port 8100  # the OpenAI API at http://127.0.0.1:8100/v1, logging traces
 """
 
 from __future__ import annotations
@@ -269,6 +270,14 @@ def environments() -> None:
     with client() as c:
         for name, info in check(c.get("/v1/environments"))["environments"].items():
             console.print(f"{name:20} {info['doc'].splitlines()[0] if info['doc'] else ''}")
+
+
+@app.command("serve-model", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_model(ctx: typer.Context, deployment: str) -> None:
+    """Serve DEPLOYMENT's current model over the OpenAI chat-completions API, logging every
+    conversation as a trace (options: python -m trainer.serving --help). The command becomes the
+    serving process (exec): the control plane's CLI never loads torch."""
+    os.execv(sys.executable, [sys.executable, "-m", "trainer.serving", deployment, *ctx.args])  # its signals too
 
 
 # ── models ─────────────────────────────────────────────────────────────────────────────────────

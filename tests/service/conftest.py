@@ -10,17 +10,21 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from service.core.auth import new_api_key
 from service.core.config import Settings
-from service.core.store import ApiKey, Team, make_engine, migrate, session_factory
+from service.core.states import JobState
+from service.core.store import ApiKey, Job, Team, make_engine, migrate, session_factory
+from service.jobs import logic
 from service.main import create_app
 from tests.conftest import ROOT
+from trainer.spec import parse_spec
 
 PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")
 STORES = ["sqlite"] + (["postgres"] if PG_URL else [])
@@ -150,3 +154,42 @@ class ServiceProcess:
         self.proc.terminate()
         self.proc.wait(60)
         return json.loads(self.record.read_text())
+
+
+DESK = {"name": "support_desk", "config": {"train_size": 100, "eval_size": 50, "max_turns": 5}}
+
+
+class Trainer:
+    """Jobs taken through what a trainer reports and what the scheduler does when Ray says a job
+    succeeded, straight on the store (launching is off in these tests)."""
+
+    def __init__(self, teams, tmp_path):
+        self.sessions, self.tmp = teams.sessions, tmp_path
+
+    def finish(self, team_name: str, name: str, base: str, metrics: dict | None, env: dict = DESK,
+               state: JobState = JobState.succeeded, export: Path | None = None, **spec) -> str:
+        """A job of the team's that ran to `state`, reported `metrics` as its evaluation and
+        exported `export` (by default a stand-in folder of two files)."""
+        if export is None:
+            export = self.tmp / name / "model"
+            export.mkdir(parents=True)
+            (export / "config.json").write_text("{}")
+            (export / "model.safetensors").write_bytes(b"\0" * 1000)
+        with self.sessions() as s:
+            team = s.scalar(select(Team).where(Team.name == team_name))
+            job_spec = parse_spec({"name": name, "model": {"path": base}, "environment": env,
+                                   "rewards": [{"name": "resolution"}], **spec}).model_dump(mode="json")
+            job = Job(team_id=team.id, name=name, state=JobState.running, spec=job_spec, steps=1)
+            s.add(job)
+            s.commit()
+            if metrics is not None:
+                logic.record_report(s, job, 1, "evaluation", "", {"phase": "after", "step": 1, "metrics": metrics})
+            logic.record_report(s, job, 2, "finished", "", {"export_dir": str(export)})
+            logic.transition(s, job, state, f"Ray reports the job {state.value}")
+            s.commit()
+            return job.id
+
+
+def rates(resolved: float, violation: float) -> dict:
+    return {"eval/resolved_rate": resolved, "eval/escalated_rate": 1 - resolved - violation,
+            "eval/violation_rate": violation}

@@ -6,48 +6,9 @@ old model), rollback, events for every change and refusal, team isolation, and b
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
 from service.core.states import JobState
-from service.core.store import Job, Team
-from service.jobs import logic
-from tests.service.conftest import auth
-from trainer.spec import parse_spec
-
-DESK = {"name": "support_desk", "config": {"train_size": 100, "eval_size": 50, "max_turns": 5}}
-
-
-class Trainer:
-    """Jobs taken through what a trainer reports and what the scheduler does when Ray says a job
-    succeeded, straight on the store (launching is off in these tests)."""
-
-    def __init__(self, teams, tmp_path):
-        self.sessions, self.tmp = teams.sessions, tmp_path
-
-    def finish(self, team_name: str, name: str, base: str, metrics: dict | None, env: dict = DESK,
-               state: JobState = JobState.succeeded, **spec) -> str:
-        export = self.tmp / name / "model"
-        export.mkdir(parents=True)
-        (export / "config.json").write_text("{}")
-        (export / "model.safetensors").write_bytes(b"\0" * 1000)
-        with self.sessions() as s:
-            team = s.scalar(select(Team).where(Team.name == team_name))
-            job_spec = parse_spec({"name": name, "model": {"path": base}, "environment": env,
-                                   "rewards": [{"name": "resolution"}], **spec}).model_dump(mode="json")
-            job = Job(team_id=team.id, name=name, state=JobState.running, spec=job_spec, steps=1)
-            s.add(job)
-            s.commit()
-            if metrics is not None:
-                logic.record_report(s, job, 1, "evaluation", "", {"phase": "after", "step": 1, "metrics": metrics})
-            logic.record_report(s, job, 2, "finished", "", {"export_dir": str(export)})
-            logic.transition(s, job, state, f"Ray reports the job {state.value}")
-            s.commit()
-            return job.id
-
-
-def rates(resolved: float, violation: float) -> dict:
-    return {"eval/resolved_rate": resolved, "eval/escalated_rate": 1 - resolved - violation,
-            "eval/violation_rate": violation}
+from tests.service.conftest import DESK, Trainer, auth, rates
 
 
 @pytest.fixture
