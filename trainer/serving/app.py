@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.serving.conversations import Conversation, TraceSink
 from trainer.serving.engine import ServedModel
+from trainer.serving.tools import as_model_text, reply_message
 from trainer.types import SamplingParams
 
 
@@ -35,6 +36,8 @@ class ServingConfig:
     idle_close_s: float = 600.0
     """A conversation with no request for this long is closed and logged."""
     default_max_tokens: int = 256
+    tool_format: str = "none"
+    """`call`: replies that are `name(arg=value)` lines are answered as OpenAI tool calls (`tools.py`)."""
 
 
 class ChatRequest(BaseModel):
@@ -122,7 +125,7 @@ class Server:
             return False
         conversation, served = entry
         served.conversations.discard(cid)
-        self.sink.put(conversation.trace(self.config.deployment))
+        self.sink.put(conversation.trace(self.config.deployment, self.config.tool_format))
         return True
 
     async def chat(self, body: ChatRequest) -> dict[str, Any]:
@@ -134,22 +137,24 @@ class Server:
         conversation, served = self.open.get(cid) or (Conversation(cid, self.current.version), self.current)
         self.open[cid] = (conversation, served)
         served.conversations.add(cid)
-        messages = [{"role": m.get("role"), "content": m.get("content") or ""} for m in body.messages]
+        messages = [as_model_text(m, self.config.tool_format) for m in body.messages]
         try:
             prompt_ids = served.prompt_ids(messages)
         except Exception as exc:  # noqa: BLE001 - a chat template refusing the messages
             raise OpenAIError(400, f"the messages do not fit the model's chat template: {exc}", "messages") from None
         tokens = body.max_completion_tokens or body.max_tokens or self.config.default_max_tokens
         completion = await served.complete(prompt_ids, SamplingParams(tokens, body.temperature, body.top_p))
-        conversation.record(body.messages, completion.text, completion.token_ids, completion.logprobs)
+        reply = reply_message(completion.text, self.config.tool_format)
+        conversation.record(body.messages, reply, completion.text, completion.token_ids, completion.logprobs)
         if one_turn:
             self.close(cid)
-        return self.response(body, served, completion, len(prompt_ids), cid)
+        return self.response(body, served, completion, reply, len(prompt_ids), cid)
 
-    def response(self, body: ChatRequest, served: ServedModel, completion, prompt_tokens: int, cid: str) -> dict:
+    def response(self, body: ChatRequest, served: ServedModel, completion, reply: dict, prompt_tokens: int,
+                 cid: str) -> dict:
         tok = served.engine.tokenizer()
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": completion.text},
-                                  "finish_reason": "length" if completion.truncated else "stop", "logprobs": None}
+        finish = "tool_calls" if reply.get("tool_calls") else "length" if completion.truncated else "stop"
+        choice: dict[str, Any] = {"index": 0, "message": reply, "finish_reason": finish, "logprobs": None}
         if body.logprobs:
             pieces = [tok.decode([t]) for t in completion.token_ids]
             choice["logprobs"] = {"content": [{"token": p, "logprob": lp, "bytes": list(p.encode()), "top_logprobs": []}

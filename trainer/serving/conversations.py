@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 
 import httpx
 
+from trainer.serving.tools import as_model_text
+
 LOGGED_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
@@ -30,18 +32,20 @@ class Conversation:
     """Index in `messages` of each reply this server wrote: (its text, its token ids and logprobs)."""
     last_seen: float = field(default_factory=time.monotonic)
 
-    def record(self, request: list[dict], text: str, token_ids: list[int], logprobs: list[float]) -> None:
+    def record(self, request: list[dict], reply: dict, text: str, token_ids: list[int], logprobs: list[float]) -> None:
+        """The conversation is now the request's messages and the reply (`text` as the model wrote it)."""
         self.messages = [{k: m[k] for k in LOGGED_KEYS if m.get(k) is not None} for m in request]
-        self.messages.append({"role": "assistant", "content": text})
+        self.messages.append(reply)
         self.replies[len(self.messages) - 1] = (text, {"token_ids": token_ids, "logprobs": logprobs})
         self.last_seen = time.monotonic()
 
-    def trace(self, deployment: str) -> dict:
+    def trace(self, deployment: str, tool_format: str = "none") -> dict:
         messages = []
         for i, m in enumerate(self.messages):
             served = self.replies.get(i)
             # A reply the client sent back unchanged keeps the logprobs it was sampled with.
-            ok = served is not None and m.get("role") == "assistant" and m.get("content") == served[0]
+            ok = (served is not None and m.get("role") == "assistant"
+                  and as_model_text(m, tool_format)["content"] == served[0])
             messages.append({**m, "logprobs": served[1]} if ok else m)
         turns = sum(m["role"] == "assistant" for m in messages)
         return {"trace_id": self.id, "model": deployment, "model_version": self.version, "messages": messages,

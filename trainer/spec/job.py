@@ -195,8 +195,9 @@ class LearnerSpec(StrictModel):
 
 
 class ScheduleSpec(StrictModel):
-    steps: int = Field(default=20, ge=1, le=10_000_000)
-    """Training steps (one rollout batch and one optimizer step each)."""
+    steps: int = Field(default=20, ge=0, le=10_000_000)
+    """Training steps (one rollout batch and one optimizer step each). 0: only the warm start (if
+    any) and the evaluation, then the export: a model to deploy as it starts."""
 
     checkpoint_interval: int = Field(default=10, ge=0, le=10_000_000)
     """Save a resumable checkpoint every N steps (and at the end); 0 saves only at the end."""
