@@ -22,7 +22,7 @@ import pytest
 from service.core.auth import new_job_token
 from service.core.store import Job
 from tests.conftest import DIGITS
-from tests.service.conftest import ServiceProcess, Teams
+from tests.service.conftest import ServiceProcess, Teams, Trainer, rates
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +43,17 @@ def test_schemathesis_finds_no_failure_in_any_operation(tiny_model, tmp_path, ra
         trace = {"trace_id": "fuzzed-1", "model": "agent", "messages": [{"role": "user", "content": "hi"},
                                                                          {"role": "assistant", "content": "hello"}]}
         assert server.client.post("/v1/traces", json={"traces": [trace]}).status_code == 201
+        trainer = Trainer(Teams(server.database_url), tmp_path / "jobs")
+        trainer.finish("alice", "served", str(tiny_model), rates(0.5, 0.1))
+        model_id = server.client.get("/v1/models").json()["models"][0]["id"]
+        assert server.client.post("/v1/deployments", json={"name": "fuzzed", "model": model_id}).status_code == 201
         token, token_hash = new_job_token()
         with Teams(server.database_url).sessions() as s:
             s.get(Job, job.json()["id"]).report_token_hash = token_hash
             s.commit()
         env = {**os.environ, "FLYWHEEL_API_KEY": server.key, "FLYWHEEL_JOB_ID": job.json()["id"],
-               "FLYWHEEL_JOB_TOKEN": token, "FLYWHEEL_TRACE_ID": "fuzzed-1", "NO_COLOR": "1"}
+               "FLYWHEEL_JOB_TOKEN": token, "FLYWHEEL_TRACE_ID": "fuzzed-1", "FLYWHEEL_MODEL_ID": model_id,
+               "FLYWHEEL_DEPLOYMENT": "fuzzed", "NO_COLOR": "1"}
         run = subprocess.run([str(Path(sys.executable).parent / "st"), "--config-file", str(CONFIG), "run",
                               f"{server.url}/openapi.json", "--max-examples", "6", "--seed", "1", "--workers", "1"],
                              env=env, capture_output=True, text=True, timeout=900)
