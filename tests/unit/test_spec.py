@@ -46,6 +46,7 @@ def test_reward_needs_exactly_one_source():
     assert "exactly one" in errs["rewards.0"]
     errs = fields({**BASE, "rewards": [{"import_path": "no_colon_here"}]})
     assert "package.module:function" in errs["rewards.0"]
+    assert "at least 1 character" in fields({**BASE, "rewards": [{"name": ""}]})["rewards.0.name"]
 
 
 def test_batch_must_split_over_ranks_and_micro_batches():

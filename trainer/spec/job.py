@@ -39,7 +39,7 @@ class EnvironmentSpec(StrictModel):
 
 
 class RewardSpec(StrictModel):
-    name: str | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     """Built-in or entry-point reward module (`GET /v1/rewards` lists them)."""
 
     import_path: str | None = None
@@ -71,7 +71,7 @@ class RewardSpec(StrictModel):
     @property
     def label(self) -> str:
         """The name metrics and errors use for this module."""
-        return self.name or self.import_path.rsplit(":", 1)[1]  # type: ignore[union-attr]
+        return self.name if self.name is not None else self.import_path.rsplit(":", 1)[1]  # type: ignore[union-attr]
 
 
 class VLLMSpec(StrictModel):
