@@ -47,7 +47,7 @@ from trainer.driver.warm_start import warm_start
 from trainer.driver.weights import sync_weights
 from trainer.spec import JobSpec
 
-__all__ = ["RewardFailureError", "RunResult", "train"]
+__all__ = ["RewardFailureError", "RunResult", "finish", "train"]
 
 
 @dataclass
@@ -60,6 +60,17 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
     """Held-out evaluation by phase: `before` (after any warm start) and `after` (the end)."""
+
+
+def finish(spec: JobSpec, step: int, export_dir: Path | None, tracker: Tracker, reporter,
+           history: list[dict[str, float]], evaluations: dict[str, dict[str, float]]) -> RunResult:
+    """Close the wandb run, tell the control plane where the export is, and sum the run up."""
+    tracker.summary({"steps_done": step})
+    tracker.finish()
+    reporter.send("finished", f"stopped after step {step}",
+                  {"export_dir": str(export_dir) if export_dir else None, "wandb": tracker.location})
+    return RunResult(spec.run_dir, step, export_dir, spec.run_dir / "checkpoints", tracker.location, history,
+                     evaluations)
 
 
 def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=None) -> RunResult:
@@ -154,11 +165,7 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
         if state.step >= spec.schedule.steps:
             export_dir = spec.run_dir / "model"
             get_all([lr.export.remote(str(export_dir)) for lr in actors.learners])
-        tracker.summary({"steps_done": state.step})
-        tracker.finish()
-        reporter.send("finished", f"stopped after step {state.step}",
-                      {"export_dir": str(export_dir) if export_dir else None, "wandb": tracker.location})
-        return RunResult(spec.run_dir, state.step, export_dir, ckpt_dir, tracker.location, history, evaluations)
+        return finish(spec, state.step, export_dir, tracker, reporter, history, evaluations)
     except BaseException as exc:
         if tracker is not None:
             tracker.finish(exit_code=1)

@@ -26,7 +26,7 @@ from trainer.driver.outcomes import Labelled
 from trainer.driver.reporting import NullReporter
 from trainer.driver.sampler import TaskSampler
 from trainer.driver.tracking import Tracker
-from trainer.loop import RunResult
+from trainer.loop import RunResult, finish
 from trainer.spec import JobSpec
 
 
@@ -124,11 +124,7 @@ def fit(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=None)
                     "traces": {"train": len(train_set), "heldout": len(held_set)},
                     "heldout": {k.removeprefix("eval/"): v for k, v in metrics.items()}, "calibration": bins}
             get_all([c.export.remote(str(export_dir), meta) for c in actors.ranks])
-        tracker.summary({"steps_done": state.step})
-        tracker.finish()
-        reporter.send("finished", f"stopped after step {state.step}",
-                      {"export_dir": str(export_dir) if export_dir else None, "wandb": tracker.location})
-        return RunResult(spec.run_dir, state.step, export_dir, ckpt_dir, tracker.location, history, evaluations)
+        return finish(spec, state.step, export_dir, tracker, reporter, history, evaluations)
     except BaseException as exc:
         if tracker is not None:
             tracker.finish(exit_code=1)

@@ -124,6 +124,20 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float) -> None:
+    """Until `url` answers 200, failing if the process exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"{what} exited"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not become ready"
+        time.sleep(0.2)
+
+
 class ServiceProcess:
     """`flywheel serve` in its own process, on the shared Ray head, recording its modules on exit."""
 
@@ -137,16 +151,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen([sys.executable, "tests/service/serve_recording_modules.py", str(self.port)],
                                      env=env, cwd=ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, "the service exited"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not become ready"
-            time.sleep(0.2)
+        wait_ready(f"{self.url}/readyz", self.proc, "the service", 60)
         self.client = httpx.Client(base_url=self.url, headers=auth(self.key), timeout=300)
 
     def stop(self) -> dict:

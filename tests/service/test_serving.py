@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.service.conftest import ServiceProcess, Teams, Trainer, free_port, rates
+from tests.service.conftest import ServiceProcess, Teams, Trainer, free_port, rates, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +39,7 @@ def served(tmp_path, ray_head, tiny_model):
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve-model", "support-agent", "--port", str(port),
                              "--poll-s", "0.3"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, "the serving process exited"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the serving process did not become ready"
-        time.sleep(0.3)
+    wait_ready(f"{url}/healthz", proc, "the serving process", 120)
     yield service, url, versions
     proc.terminate()
     proc.wait(60)
