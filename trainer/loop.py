@@ -162,8 +162,8 @@ def train(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=Non
             no_step = spec.schedule.steps == 0 and "before" in evaluations    # the same model: measured once
             evaluations["after"] = evaluations["before"] if no_step else evaluate(actors, env, spec, state.step)
             report_evaluation("after", state.step, evaluations["after"], tracker, reporter, echo)
-        if state.step >= spec.schedule.steps:
-            export_dir = spec.run_dir / "model"
+        if state.step >= spec.schedule.steps and (spec.schedule.steps or spec.warm_start is not None):
+            export_dir = spec.run_dir / "model"            # (no step, no warm start: an evaluation, no export)
             get_all([lr.export.remote(str(export_dir)) for lr in actors.learners])
         return finish(spec, state.step, export_dir, tracker, reporter, history, evaluations)
     except BaseException as exc:

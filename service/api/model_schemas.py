@@ -78,12 +78,14 @@ class DeploymentList(BaseModel):
 class PromoteOut(BaseModel):
     deployment: DeploymentOut
     verdict: dict[str, Any] | None
-    """The gate's table (None for a first model: nothing to compare with)."""
+    """The gate's table (None for a first model, and while `evaluating`)."""
+    evaluating: list[str] = Field(default_factory=list)
+    """The evaluation jobs the comparison waits for (a 202): promote again once they succeeded."""
 
 
 class DeploymentEventOut(BaseModel):
     kind: str
-    """created, promoted, refused or rolled_back."""
+    """created, evaluating, promoted, refused or rolled_back."""
     model: str | None
     previous_model: str | None
     message: str

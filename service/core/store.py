@@ -199,6 +199,20 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
+class ModelEvaluation(Base):
+    """A model version measured on held-out tasks other than its own job's: the evaluation job a
+    deployment's gate started for it (`metrics` once the job succeeded)."""
+
+    __tablename__ = "model_evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    environment: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The held-out environment, as `registry.held_out_environment` writes it."""
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
 class Deployment(Base):
     """A named deployment (`support-agent`): the model version it serves, the ones it served
     before (for rollback), and the gate a candidate must pass to replace it."""

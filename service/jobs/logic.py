@@ -99,6 +99,7 @@ def transition(session: Session, job: Job, target: JobState, message: str = "", 
         model = registry.register(session, job)
         if model is not None:
             add_event(session, job, "registered", f"model {model.id} registered", {"model": model.id})
+        registry.record_evaluation(session, job)
 
 
 def queue_position(session: Session, job: Job) -> int | None:

@@ -83,6 +83,9 @@ def promote(name: str, model: str) -> None:
     if verdict:
         show(verdict_table(verdict))
     out = check(r)
+    if out["evaluating"]:
+        console.print(f"evaluating first, on the gate's held-out tasks: {', '.join(out['evaluating'])} "
+                      "(promote again once they succeeded)")
     console.print(_deployment_line(out["deployment"]))
 
 

@@ -5,17 +5,25 @@ gate (`gate.py`) and moves the pointer only when every row passes; a refusal is 
 table that says why, and the deployment keeps its model. Rollback returns to the model served
 before. Every change and every refusal is a deployment event.
 
-The two evaluations must have run on the same held-out environment (`registry.held_out_environment`);
-when they did not, or one is missing, the promotion is refused as not comparable.
+The two evaluations must have run on the same held-out tasks (`registry.held_out_environment`).
+When they did not, or one is missing, a gate with an `evaluation` measures each model that lacks
+one on its held-out tasks: an evaluation job per model (`schedule.steps = 0`, no export), queued
+like any job of the team; the promotion answers 202 with the jobs, and asked again once they have
+succeeded it compares the measures. A gate without `evaluation` refuses it as not comparable.
 """
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.errors import ApiError
-from service.core.store import Deployment, DeploymentEvent, ModelVersion, Team, now
-from service.models.gate import Gate, judge, verdict_text
+from service.core.states import TERMINAL
+from service.core.store import Deployment, DeploymentEvent, Job, ModelEvaluation, ModelVersion, Team, now
+from service.jobs import logic
+from service.models.gate import Gate, HeldOut, judge, verdict_text
+from service.models.registry import held_out_environment
+from trainer.spec import JobSpec, SpecError, parse_spec
 
 
 def _event(session: Session, dep: Deployment, kind: str, message: str, model_id: str | None,
@@ -30,7 +38,21 @@ def servable(model: ModelVersion, field: str) -> None:
                                             "deployment serves", field)
 
 
+def evaluation_spec(path: str, name: str, held_out: HeldOut) -> JobSpec:
+    """The job that measures the model at `path` on the gate's held-out tasks, and nothing else."""
+    try:
+        return parse_spec({"name": name, "model": {"path": path}, "environment": held_out.environment.model_dump(),
+                           "rewards": [r.model_dump(exclude_none=True) for r in held_out.rewards],
+                           "schedule": {"steps": 0, "eval_before_after": True}, "logging": {"wandb_mode": "disabled"}})
+    except SpecError as exc:
+        first = exc.errors[0]
+        raise ApiError(422, "invalid_gate", f"gate.evaluation: {first['message']}",
+                       f"gate.evaluation.{first['field']}") from None
+
+
 def create(session: Session, team: Team, name: str, model: ModelVersion | None, gate: Gate) -> Deployment:
+    if gate.evaluation is not None:
+        evaluation_spec("model", "evaluate", gate.evaluation)  # refused now, not at the first promotion
     if model is not None:
         servable(model, "model")
     dep = Deployment(team_id=team.id, name=name, model_id=model.id if model else None, history=[],
@@ -57,21 +79,58 @@ def comparable(current: ModelVersion, candidate: ModelVersion) -> str | None:
     return None
 
 
-def promote(session: Session, dep: Deployment, candidate: ModelVersion) -> dict | None:
-    """Move the deployment to `candidate` if it passes the gate (the verdict; None for a first
-    model, which has nothing to be compared with); a refusal is recorded, then raised as a 409."""
+def evaluation_of(session: Session, model: ModelVersion, held_out: HeldOut, runs_dir: str
+                  ) -> tuple[dict | None, str | None]:
+    """The model's measures on the held-out tasks, or the id of the evaluation job that will
+    measure them (started now when none is queued, running or done; a failed one is started again)."""
+    spec = evaluation_spec(model.path, f"evaluate-{model.id}", held_out)
+    where = held_out_environment(spec, None)
+    if model.eval_environment == where and after_evaluation(model) is not None:
+        return after_evaluation(model), None
+    rows = session.scalars(select(ModelEvaluation).where(ModelEvaluation.model_id == model.id)
+                           .order_by(ModelEvaluation.id.desc())).all()
+    for row in (r for r in rows if r.environment == where):  # JSON compared here: stores differ on it in SQL
+        if row.metrics is not None:
+            return row.metrics, None
+        if session.get(Job, row.job_id).state not in TERMINAL:
+            return None, row.job_id
+        break
+    job, _ = logic.create_job(session, session.get(Team, model.team_id), spec, runs_dir)
+    session.add(ModelEvaluation(model_id=model.id, job_id=job.id, environment=where))
+    session.flush()
+    return None, job.id
+
+
+def promote(session: Session, dep: Deployment, candidate: ModelVersion, runs_dir: str
+            ) -> tuple[dict | None, list[str]]:
+    """Move the deployment to `candidate` if it passes the gate: (the verdict, no jobs); None as
+    the verdict for a first model, which has nothing to be compared with. While an evaluation the
+    comparison needs is still to come: (None, the evaluation jobs), and nothing moves. A refusal
+    is recorded, then raised as a 409."""
     servable(candidate, "model")
     if dep.model_id == candidate.id:
         raise ApiError(409, "already_serving", f"{dep.name!r} already serves {candidate.id}", "model")
     current = session.get(ModelVersion, dep.model_id) if dep.model_id else None
     verdict = None
     if current is not None:
-        problem = comparable(current, candidate)
-        if problem is not None:
-            _event(session, dep, "refused", f"{candidate.id} refused: {problem}", candidate.id, current.id)
-            session.commit()
-            raise ApiError(409, "not_comparable", problem, "model")
-        verdict = judge(Gate.model_validate(dep.gate), after_evaluation(current), after_evaluation(candidate))
+        gate = Gate.model_validate(dep.gate)
+        if gate.evaluation is None:
+            problem = comparable(current, candidate)
+            if problem is not None:
+                _event(session, dep, "refused", f"{candidate.id} refused: {problem}", candidate.id, current.id)
+                session.commit()
+                raise ApiError(409, "not_comparable", problem, "model")
+            measured = after_evaluation(current), after_evaluation(candidate)
+        else:
+            (was, job_a), (now_, job_b) = (evaluation_of(session, m, gate.evaluation, runs_dir)
+                                           for m in (current, candidate))
+            pending = [j for j in (job_a, job_b) if j]
+            if pending:
+                _event(session, dep, "evaluating", f"{candidate.id} waits for its comparison on the gate's held-out "
+                       f"tasks: evaluation jobs {', '.join(pending)}", candidate.id, current.id)
+                return None, pending
+            measured = was, now_
+        verdict = judge(gate, *measured)
         if not verdict["passed"]:
             message = f"{candidate.id} refused by the gate: {verdict_text(verdict)}"
             _event(session, dep, "refused", message, candidate.id, current.id, verdict)
@@ -81,7 +140,7 @@ def promote(session: Session, dep: Deployment, candidate: ModelVersion) -> dict 
     dep.model_id, dep.updated_at = candidate.id, now()
     _event(session, dep, "promoted", f"{candidate.id} promoted" + (f" over {current.id}" if current else ""),
            candidate.id, current.id if current else None, verdict)
-    return verdict
+    return verdict, []
 
 
 def rollback(session: Session, dep: Deployment) -> None:

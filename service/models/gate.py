@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainer.spec import EnvironmentSpec, RewardSpec
+
 Metric = str
 
 
@@ -41,6 +43,20 @@ class Rule(BaseModel):
         return _metric(value)
 
 
+class HeldOut(BaseModel):
+    """The held-out tasks both models are measured on, when a stored evaluation is missing or was
+    run elsewhere: an environment's eval split, scored by these reward modules."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    environment: EnvironmentSpec
+    """As a job spec's `environment`: `{name = "support_desk", config = {eval_size = 200}}`."""
+
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="resolution")], min_length=1,
+                                      max_length=32)
+    """As a job spec's `rewards`."""
+
+
 class Gate(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -52,6 +68,10 @@ class Gate(BaseModel):
 
     ceilings: dict[str, float] = Field(default_factory=dict, max_length=50)
     """Highest value the candidate may have, whatever the current model's (`violation_rate`: 0.05)."""
+
+    evaluation: HeldOut | None = None
+    """Where a model without a comparable stored evaluation is evaluated (an evaluation job each)
+    before the comparison; none: a promotion between models evaluated on different tasks is refused."""
 
     @field_validator("ceilings")
     @classmethod

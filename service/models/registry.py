@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.store import Job, JobEvent, ModelVersion
+from service.core.store import Job, JobEvent, ModelEvaluation, ModelVersion
 from trainer.spec import JobSpec
 
 
@@ -72,6 +72,14 @@ def register(session: Session, job: Job) -> ModelVersion | None:
     session.add(version)
     session.flush()
     return version
+
+
+def record_evaluation(session: Session, job: Job) -> ModelEvaluation | None:
+    """A succeeded evaluation job's measures, on the model it evaluated."""
+    row = session.scalar(select(ModelEvaluation).where(ModelEvaluation.job_id == job.id))
+    if row is not None:
+        row.metrics = ((job.result or {}).get("after") or {}).get("metrics")
+    return row
 
 
 def lineage(session: Session, model: ModelVersion) -> list[str]:

@@ -119,3 +119,15 @@ def test_reward_rises_with_the_vllm_engine(vllm_tiny_model, tmp_path, ray_cluste
     # The mismatch is measured every step: vLLM's kernels differ from the learner's, a little.
     diffs = [m["mismatch/logprob_diff_mean"] for m in result.history]
     assert all(d < 1e-2 for d in diffs) and any(d > 0 for d in diffs), diffs
+
+
+def test_no_step_and_no_warm_start_is_an_evaluation_that_exports_nothing(tiny_model, tmp_path, ray_cluster):
+    """What a deployment's gate runs to measure a model on its held-out tasks (`schedule.steps = 0`)."""
+    spec = parse_spec(job_payload(tiny_model, tmp_path, name="evaluate",
+                                  schedule={"steps": 0, "eval_before_after": True}))
+    lines = []
+    result = train(spec, echo=lines.append)
+    assert result.steps_done == 0 and result.export_dir is None and not (spec.run_dir / "model").exists()
+    assert result.evaluations["after"] is result.evaluations["before"]  # measured once
+    assert 0.0 <= result.evaluations["after"]["eval/reward_mean"] <= 1.0
+    assert sum(line.startswith("evaluation (") for line in lines) == 2  # reported as before and after

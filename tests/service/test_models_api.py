@@ -92,6 +92,45 @@ def test_a_deployment_moves_only_through_its_gate(client, teams, trainer):
     assert client.get("/v1/deployments", headers=auth(bob)).json()["deployments"] == []
 
 
+def test_a_gate_with_held_out_tasks_evaluates_the_models_that_lack_them(client, teams, trainer):
+    """Neither model was evaluated on the deployment's held-out tasks: the promotion starts an
+    evaluation job for each (queued like any job, exporting nothing), answers 202, and once they
+    have succeeded compares their measures; a failed evaluation is started again."""
+    alice, _ = teams.key("alice")
+    elsewhere = {**DESK, "config": {**DESK["config"], "eval_size": 80}}
+    v1 = model_of(client, alice, trainer.finish("alice", "v1", "runs/desk-model", rates(0.5, 0.1), env=elsewhere))
+    v2 = model_of(client, alice, trainer.finish("alice", "v2", "runs/desk-model", rates(0.9, 0.0), env=elsewhere))
+    held_out = {"environment": {"name": "support_desk", "config": {"eval_size": 200, "max_turns": 5}}}
+    r = client.post("/v1/deployments", json={"name": "desk", "model": v1["id"], "gate": {"evaluation": held_out}},
+                    headers=auth(alice))
+    assert r.status_code == 201, r.json()
+    r = client.post("/v1/deployments/desk/promote", json={"model": v2["id"]}, headers=auth(alice))
+    assert r.status_code == 202 and r.json()["deployment"]["model"] == v1["id"] and r.json()["verdict"] is None
+    jobs = r.json()["evaluating"]
+    assert len(jobs) == 2
+    specs = [client.get(f"/v1/jobs/{j}", headers=auth(alice)).json() for j in jobs]
+    assert [s["name"] for s in specs] == [f"evaluate-{v1['id']}", f"evaluate-{v2['id']}"]
+    assert all(s["state"] == "queued" and s["steps"] == 0 for s in specs)
+    # Asked again while they run: the same jobs, none started twice.
+    assert client.post("/v1/deployments/desk/promote", json={"model": v2["id"]},
+                       headers=auth(alice)).json()["evaluating"] == jobs
+    trainer.run(jobs[0], rates(0.55, 0.10))  # v1 on the held-out tasks
+    trainer.run(jobs[1], None, JobState.failed)  # v2's evaluation failed: the next promotion starts another
+    r = client.post("/v1/deployments/desk/promote", json={"model": v2["id"]}, headers=auth(alice))
+    assert r.status_code == 202 and len(r.json()["evaluating"]) == 1 and r.json()["evaluating"][0] not in jobs
+    trainer.run(r.json()["evaluating"][0], rates(0.40, 0.05))  # worse than v1 there, whatever its own job said
+    r = client.post("/v1/deployments/desk/promote", json={"model": v2["id"]}, headers=auth(alice))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "gate_refused"
+    assert r.json()["error"]["verdict"]["rows"][0]["current"] == 0.55
+    assert len(client.get("/v1/models", headers=auth(alice)).json()["models"]) == 2  # evaluations export nothing
+    kinds = [e["kind"] for e in client.get("/v1/deployments/desk/events", headers=auth(alice)).json()["events"]]
+    assert kinds == ["created", "evaluating", "evaluating", "evaluating", "refused"]
+    r = client.post("/v1/deployments", json={"name": "bad", "gate": {"evaluation": {
+        "environment": {"name": "support_desk"}, "rewards": [{"name": "resolution", "import_path": "x:y"}]}}},
+        headers=auth(alice))
+    assert r.status_code == 422 and r.json()["error"]["field"].startswith("gate.evaluation"), r.json()
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"name": "has space"}, "name"),
     ({"name": "a", "model": "job_123"}, "model"),

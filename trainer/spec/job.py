@@ -196,8 +196,9 @@ class LearnerSpec(StrictModel):
 
 class ScheduleSpec(StrictModel):
     steps: int = Field(default=20, ge=0, le=10_000_000)
-    """Training steps (one rollout batch and one optimizer step each). 0: only the warm start (if
-    any) and the evaluation, then the export: a model to deploy as it starts."""
+    """Training steps (one rollout batch and one optimizer step each). 0: only the warm start and
+    the evaluation, then the export (a model to deploy as it starts); with no warm start either, an
+    evaluation of the model alone, exporting nothing."""
 
     checkpoint_interval: int = Field(default=10, ge=0, le=10_000_000)
     """Save a resumable checkpoint every N steps (and at the end); 0 saves only at the end."""

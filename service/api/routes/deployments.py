@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -65,14 +65,21 @@ def get_deployment(name: Name, session: SessionDep, team: TeamDep) -> Deployment
     return deployment_out(owned_deployment(session, team, name))
 
 
-@router.post("/{name}/promote")
-def promote(name: Name, body: PromoteIn, session: SessionDep, team: TeamDep) -> PromoteOut:
+@router.post("/{name}/promote", responses={202: {"model": PromoteOut, "description": "the comparison waits for "
+                                                 "evaluation jobs (`evaluating`); nothing moved yet"}})
+def promote(name: Name, body: PromoteIn, request: Request, response: Response, session: SessionDep,
+            team: TeamDep) -> PromoteOut:
     """Serve `model` if it passes the deployment's gate against the current one; a refusal is a 409
-    with the verdict table (`error.verdict`), recorded as an event, and the deployment keeps its model."""
+    with the verdict table (`error.verdict`), recorded as an event, and the deployment keeps its model.
+    When the gate must first measure a model on its held-out tasks (`gate.evaluation`), the answer
+    is 202 with the evaluation jobs; promote again once they have succeeded."""
     dep = owned_deployment(session, team, name)
-    verdict = deployments.promote(session, dep, owned_model(session, team, body.model, "model"))
+    verdict, pending = deployments.promote(session, dep, owned_model(session, team, body.model, "model"),
+                                           str(request.app.state.settings.runs_dir))
     session.commit()
-    return PromoteOut(deployment=deployment_out(dep), verdict=verdict)
+    if pending:
+        response.status_code = 202
+    return PromoteOut(deployment=deployment_out(dep), verdict=verdict, evaluating=pending)
 
 
 @router.post("/{name}/rollback")
