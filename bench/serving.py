@@ -4,10 +4,9 @@ server on the same model, under the same load, in one run on one machine.
 
 The model is registered in a fresh control plane (a job record that succeeded with it as its
 export), deployed, and served; `--clients` concurrent `openai` clients each send `--requests`
-support-desk openings (`max_tokens`, temperature 1). Reported per server: requests/s, generated
-tokens/s, and latency p50/p99 (a whole completion: neither server streams here, so the first token
-arrives with the last). The peer is vLLM's server (`vllm serve`, its CPU build here), which logs
-nothing.
+support-desk openings (`max_tokens`, temperature 1), streamed. Reported per server: requests/s,
+generated tokens/s, time to first token p50/p99 and whole-completion latency p50/p99. The peer is
+vLLM's server (`vllm serve`, its CPU build here), which logs nothing.
 
     python bench/serving.py                            # runs/desk-model (make demo builds it)
     python bench/serving.py --model runs/smollm2-135m-instruct --engine vllm --max-tokens 32
@@ -73,21 +72,27 @@ def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 6
 def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int) -> dict[str, float]:
     from openai import OpenAI
 
-    latencies, tokens, errors = [], [], []
+    latencies, firsts, tokens, errors = [], [], [], []
     openings = [make_ticket(9_000_000 + i).opening for i in range(clients * requests)]
 
     def client(c: int) -> None:
         api = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
         for r in range(requests):
-            t0 = time.perf_counter()
+            t0, first, count = time.perf_counter(), None, 0
             try:
-                out = api.chat.completions.create(model=model, max_tokens=max_tokens, temperature=1.0,
-                                                  messages=[{"role": "user", "content": openings[c * requests + r]}])
+                for chunk in api.chat.completions.create(model=model, max_tokens=max_tokens, temperature=1.0,
+                                                         stream=True, logprobs=True, messages=[
+                                                             {"role": "user", "content": openings[c * requests + r]}]):
+                    got = len(chunk.choices[0].logprobs.content) if chunk.choices and chunk.choices[0].logprobs else 0
+                    if got and first is None:
+                        first = time.perf_counter() - t0
+                    count += got
             except Exception as exc:  # noqa: BLE001 - counted
                 errors.append(repr(exc))
                 continue
             latencies.append(time.perf_counter() - t0)
-            tokens.append(out.usage.completion_tokens)
+            firsts.append(first if first is not None else latencies[-1])
+            tokens.append(count)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
@@ -97,8 +102,10 @@ def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int
         t.join()
     wall = time.perf_counter() - t0
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    f = statistics.quantiles(firsts, n=100) if len(firsts) > 1 else firsts * 99
     return {"requests": len(latencies), "errors": len(errors), "req_s": len(latencies) / wall,
-            "tokens_s": sum(tokens) / wall, "p50_s": q[49], "p99_s": q[98], "tokens_mean": statistics.fmean(tokens)}
+            "tokens_s": sum(tokens) / wall, "p50_s": q[49], "p99_s": q[98], "ttft_p50_s": f[49], "ttft_p99_s": f[98],
+            "tokens_mean": statistics.fmean(tokens)}
 
 
 def main() -> None:
@@ -146,13 +153,15 @@ def main() -> None:
             proc.wait(120)
     print(f"\n{a.model}, {a.clients} clients × {a.requests} requests, max_tokens {a.max_tokens}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
-    print(f"  {'server':34}{'req/s':>8}{'tokens/s':>10}{'p50 s':>8}{'p99 s':>8}{'errors':>8}")
+    print(f"  {'server':34}{'req/s':>8}{'tokens/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'p50 s':>8}{'p99 s':>8}"
+          f"{'errors':>8}")
     for name, r in results.items():
-        print(f"  {name:34}{r['req_s']:>8.1f}{r['tokens_s']:>10.0f}{r['p50_s']:>8.3f}{r['p99_s']:>8.3f}{r['errors']:>8}")
+        print(f"  {name:34}{r['req_s']:>8.1f}{r['tokens_s']:>10.0f}{r['ttft_p50_s']:>10.3f}{r['ttft_p99_s']:>10.3f}"
+              f"{r['p50_s']:>8.3f}{r['p99_s']:>8.3f}{r['errors']:>8}")
     if len(results) == 2:
         ours, peer = results.values()
         print(f"  flywheel / vllm: {ours['tokens_s'] / peer['tokens_s']:.2f}× tokens/s, "
-              f"{ours['p50_s'] / peer['p50_s']:.2f}× p50 latency")
+              f"{ours['ttft_p50_s'] / peer['ttft_p50_s']:.2f}× TTFT p50, {ours['p50_s'] / peer['p50_s']:.2f}× p50 latency")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,17 @@ def test_the_openai_client_gets_completions_with_logprobs_and_each_is_logged(ser
     assert trace["model"] == "support-agent" and trace["model_version"] == versions["v1"]
     reply = trace["messages"][-1]
     assert reply["logprobs"]["logprobs"] == pytest.approx([t.logprob for t in choice.logprobs.content])
-    with pytest.raises(Exception, match="streaming is not supported"):
-        client.chat.completions.create(model="support-agent", messages=[{"role": "user", "content": "x"}], stream=True)
+    # Streamed: each token as it is sampled, the same reply as its logprobs say, logged the same way.
+    chunks = list(client.chat.completions.create(model="support-agent", max_tokens=6, logprobs=True, stream=True,
+                                                 messages=[{"role": "user", "content": "How many?"}],
+                                                 metadata={"conversation_id": "streamed"}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length") and 0 < len(streamed) <= 6
+    httpx.post(f"{url}/v1/conversations/streamed/close").raise_for_status()
+    logged = wait_for(lambda: [t for t in traces_of(service) if t["trace_id"] == "streamed"])[0]
+    assert logged["messages"][-1]["content"] == text
+    assert logged["messages"][-1]["logprobs"]["logprobs"] == pytest.approx([t.logprob for t in streamed])
 
 
 def test_a_promotion_under_load_fails_no_request_and_logs_each_conversation_once(served):

@@ -8,6 +8,7 @@ place. `HFEngine` (a `transformers` model and its KV cache) runs on CPU or GPU; 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -54,8 +55,10 @@ class HFEngine:
 
     @torch.inference_mode()
     def generate(self, prompts_ids: list[list[int]], n: int, sampling: SamplingParams,
-                 seed: int) -> list[list[Completion]]:
-        tokens, logprobs = self._sample(prompts_ids, n, sampling, seed)
+                 seed: int, on_step: Callable[[list[int], list[float]], None] | None = None) -> list[list[Completion]]:
+        """`on_step`, if given, is called after each decoding step with every row's new token and
+        its logprob (for streaming)."""
+        tokens, logprobs = self._sample(prompts_ids, n, sampling, seed, on_step)
         groups: list[list[Completion]] = [[] for _ in prompts_ids]
         for row, (toks, lps) in enumerate(zip(tokens.tolist(), logprobs.tolist(), strict=True)):
             end = next((i + 1 for i, t in enumerate(toks) if t in self.eos_ids), None)
@@ -66,7 +69,7 @@ class HFEngine:
         return groups
 
     def _sample(self, prompts_ids: list[list[int]], n: int, sampling: SamplingParams,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                seed: int, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and logprobs, [prompts * n, steps]; rows after their EOS hold padding."""
         from transformers import DynamicCache
 
@@ -90,6 +93,8 @@ class HFEngine:
             token = torch.where(done, pad, (logp - race).argmax(-1))
             tokens.append(token)
             logprobs.append(logp.gather(-1, token[:, None]).squeeze(1))
+            if on_step is not None:
+                on_step(token.tolist(), logprobs[-1].tolist())
             done |= torch.isin(token, eos)
             if step == sampling.max_new_tokens - 1 or bool(done.all()):
                 break

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.serving.conversations import Conversation, TraceSink
@@ -128,9 +130,8 @@ class Server:
         self.sink.put(conversation.trace(self.config.deployment, self.config.tool_format))
         return True
 
-    async def chat(self, body: ChatRequest) -> dict[str, Any]:
-        if body.stream:
-            raise OpenAIError(400, "streaming is not supported by this server; send stream=false", "stream")
+    def _open(self, body: ChatRequest) -> tuple[str, bool, Conversation, ServedModel, list[int], SamplingParams]:
+        """The request's conversation (new ones go to the current version), its prompt and sampling."""
         cid = (body.metadata or {}).get("conversation_id")
         one_turn = cid is None
         cid = cid or f"chat-{uuid.uuid4().hex}"
@@ -143,7 +144,57 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - a chat template refusing the messages
             raise OpenAIError(400, f"the messages do not fit the model's chat template: {exc}", "messages") from None
         tokens = body.max_completion_tokens or body.max_tokens or self.config.default_max_tokens
-        completion = await served.complete(prompt_ids, SamplingParams(tokens, body.temperature, body.top_p))
+        return cid, one_turn, conversation, served, prompt_ids, SamplingParams(tokens, body.temperature, body.top_p)
+
+    async def stream(self, body: ChatRequest) -> AsyncIterator[str]:
+        """Server-sent chunks as OpenAI streams them: each token's text as it is sampled (with its
+        logprob when asked), then the finish reason and `[DONE]`."""
+        if self.config.tool_format != "none":
+            raise OpenAIError(400, "streaming is not supported with --tool-format call (a reply is known to be a "
+                                   "tool call only once it is complete); send stream=false", "stream")
+        cid, one_turn, conversation, served, prompt_ids, sampling = self._open(body)
+        loop, tokens = asyncio.get_running_loop(), asyncio.Queue()
+        done = asyncio.ensure_future(served.complete(
+            prompt_ids, sampling, lambda t, lp: loop.call_soon_threadsafe(tokens.put_nowait, (t, lp))))
+        tok, ids, sent = served.engine.tokenizer(), [], ""
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": self.config.deployment, "system_fingerprint": served.version}
+
+        def chunk(delta: dict, logprobs=None, finish=None) -> str:
+            return "data: " + json.dumps({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                                               "finish_reason": finish}]}) + "\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        next_token = None
+        while True:
+            next_token = next_token or asyncio.ensure_future(tokens.get())
+            await asyncio.wait({next_token, done}, return_when=asyncio.FIRST_COMPLETED)
+            if next_token.done():
+                token, logprob = next_token.result()
+                next_token = None
+                ids.append(token)
+                text = tok.decode(ids, skip_special_tokens=True)
+                piece, sent = text[len(sent):], text
+                piece_lp = ({"content": [{"token": tok.decode([token]), "logprob": logprob, "top_logprobs": [],
+                                          "bytes": list(tok.decode([token]).encode())}]} if body.logprobs else None)
+                if piece or piece_lp:
+                    yield chunk({"content": piece}, piece_lp)
+            elif tokens.empty():
+                break
+        next_token.cancel()
+        completion = done.result()
+        if completion.text != sent:  # an engine that does not stream, or a decoding that settled late
+            yield chunk({"content": completion.text[len(sent):] if completion.text.startswith(sent) else ""})
+        reply = reply_message(completion.text, self.config.tool_format)
+        conversation.record(body.messages, reply, completion.text, completion.token_ids, completion.logprobs)
+        if one_turn:
+            self.close(cid)
+        yield chunk({}, None, "length" if completion.truncated else "stop")
+        yield "data: [DONE]\n\n"
+
+    async def chat(self, body: ChatRequest) -> dict[str, Any]:
+        cid, one_turn, conversation, served, prompt_ids, sampling = self._open(body)
+        completion = await served.complete(prompt_ids, sampling)
         reply = reply_message(completion.text, self.config.tool_format)
         conversation.record(body.messages, reply, completion.text, completion.token_ids, completion.logprobs)
         if one_turn:
@@ -170,6 +221,12 @@ class Server:
             self.close(cid)
         await asyncio.to_thread(self.sink.close)
         await self.control.aclose()
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 def create_app(config: ServingConfig) -> FastAPI:
@@ -202,7 +259,11 @@ def create_app(config: ServingConfig) -> FastAPI:
         return _error(400, f"{param}: {first['msg']}", param, "invalid_request_error")
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest) -> dict[str, Any]:
+    async def chat(body: ChatRequest):
+        if body.stream:
+            events = server.stream(body)
+            first = await anext(events)  # a refusal is an error answer, not a broken stream
+            return StreamingResponse(_prepend(first, events), media_type="text/event-stream")
         return await server.chat(body)
 
     @app.post("/v1/conversations/{conversation_id}/close")

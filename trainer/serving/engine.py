@@ -4,7 +4,9 @@ together through the engine in one call (the engine samples a batch almost as fa
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trainer.actors.engines import build_engine
@@ -17,6 +19,8 @@ class _Request:
     prompt_ids: list[int]
     sampling: SamplingParams
     future: asyncio.Future
+    on_step: Callable[[int, float], None] | None = None
+    """Streaming: called (from the engine's thread) with each new token and its logprob."""
 
 
 @dataclass
@@ -42,14 +46,22 @@ class ServedModel:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return format_prompt(self.engine.tokenizer(), messages)
 
-    async def complete(self, prompt_ids: list[int], sampling: SamplingParams) -> Completion:
+    @property
+    def streams(self) -> bool:
+        """Whether the engine hands over each token as it is sampled (the HF engine does)."""
+        return "on_step" in inspect.signature(self.engine.generate).parameters
+
+    async def complete(self, prompt_ids: list[int], sampling: SamplingParams,
+                       on_step: Callable[[int, float], None] | None = None) -> Completion:
+        """The completion; with `on_step`, each token is also handed over as it is sampled (that
+        request runs in an engine call of its own)."""
         if self._worker is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._serve())
         future = asyncio.get_running_loop().create_future()
         self.in_flight += 1
         try:
-            await self._queue.put(_Request(prompt_ids, sampling, future))
+            await self._queue.put(_Request(prompt_ids, sampling, future, on_step))
             return await future
         finally:
             self.in_flight -= 1
@@ -62,12 +74,15 @@ class ServedModel:
             while not self._queue.empty() and len(batch) < self.max_batch:
                 batch.append(self._queue.get_nowait())
             groups: dict[tuple, list[_Request]] = {}
-            for r in batch:
-                groups.setdefault((r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.top_p), []).append(r)
-            for (tokens, temperature, top_p), rows in groups.items():
+            for k, r in enumerate(batch):
+                key = (r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.top_p)
+                groups.setdefault(key + ((k,) if r.on_step else ()), []).append(r)  # a stream runs alone
+            for key, rows in groups.items():
+                stream = {"on_step": lambda tokens, lps, r=rows[0]: r.on_step(tokens[0], lps[0])} \
+                    if rows[0].on_step and self.streams else {}
                 try:
                     out = await asyncio.to_thread(self.engine.generate, [r.prompt_ids for r in rows], 1,
-                                                  SamplingParams(tokens, temperature, top_p), next(self._seeds))
+                                                  SamplingParams(*key[:3]), next(self._seeds), **stream)
                 except Exception as exc:  # noqa: BLE001 - each waiting request gets the error
                     for r in rows:
                         if not r.future.done():
