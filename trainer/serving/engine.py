@@ -53,8 +53,7 @@ class ServedModel:
 
     async def complete(self, prompt_ids: list[int], sampling: SamplingParams,
                        on_step: Callable[[int, float], None] | None = None) -> Completion:
-        """The completion; with `on_step`, each token is also handed over as it is sampled (that
-        request runs in an engine call of its own)."""
+        """The completion; with `on_step`, each token is also handed over as it is sampled."""
         if self._worker is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._serve())
@@ -74,15 +73,14 @@ class ServedModel:
             while not self._queue.empty() and len(batch) < self.max_batch:
                 batch.append(self._queue.get_nowait())
             groups: dict[tuple, list[_Request]] = {}
-            for k, r in enumerate(batch):
-                key = (r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.top_p)
-                groups.setdefault(key + ((k,) if r.on_step else ()), []).append(r)  # a stream runs alone
+            for r in batch:
+                groups.setdefault((r.sampling.max_new_tokens, r.sampling.temperature, r.sampling.top_p), []).append(r)
             for key, rows in groups.items():
-                stream = {"on_step": lambda tokens, lps, r=rows[0]: r.on_step(tokens[0], lps[0])} \
-                    if rows[0].on_step and self.streams else {}
+                streaming = any(r.on_step for r in rows) and self.streams
                 try:
                     out = await asyncio.to_thread(self.engine.generate, [r.prompt_ids for r in rows], 1,
-                                                  SamplingParams(*key[:3]), next(self._seeds), **stream)
+                                                  SamplingParams(*key), next(self._seeds),
+                                                  **({"on_step": self._dispatch(rows)} if streaming else {}))
                 except Exception as exc:  # noqa: BLE001 - each waiting request gets the error
                     for r in rows:
                         if not r.future.done():
@@ -91,6 +89,18 @@ class ServedModel:
                 for r, group in zip(rows, out, strict=True):
                     if not r.future.done():
                         r.future.set_result(group[0])
+
+    def _dispatch(self, rows: list[_Request]) -> Callable[[list[int], list[float]], None]:
+        """Each decoding step's tokens to the streaming requests of the batch, up to their EOS."""
+        eos, ended = getattr(self.engine, "eos_ids", set()), set()
+
+        def step(tokens: list[int], logprobs: list[float]) -> None:
+            for i, r in enumerate(rows):
+                if r.on_step is not None and i not in ended:
+                    r.on_step(tokens[i], logprobs[i])
+                    if tokens[i] in eos:
+                        ended.add(i)
+        return step
 
     def close(self) -> None:
         if self._worker is not None:
