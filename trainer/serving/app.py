@@ -136,13 +136,13 @@ class Server:
         one_turn = cid is None
         cid = cid or f"chat-{uuid.uuid4().hex}"
         conversation, served = self.open.get(cid) or (Conversation(cid, self.current.version), self.current)
-        self.open[cid] = (conversation, served)
-        served.conversations.add(cid)
         messages = [as_model_text(m, self.config.tool_format) for m in body.messages]
         try:
             prompt_ids = served.prompt_ids(messages)
         except Exception as exc:  # noqa: BLE001 - a chat template refusing the messages
             raise OpenAIError(400, f"the messages do not fit the model's chat template: {exc}", "messages") from None
+        self.open[cid] = (conversation, served)
+        served.conversations.add(cid)
         tokens = body.max_completion_tokens or body.max_tokens or self.config.default_max_tokens
         return cid, one_turn, conversation, served, prompt_ids, SamplingParams(tokens, body.temperature, body.top_p)
 
