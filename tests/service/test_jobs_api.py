@@ -85,7 +85,7 @@ def test_cancel_then_illegal_transition_is_409(client, alice, spec):
 @pytest.mark.parametrize(("mutate", "field", "fragment"), [
     (lambda s: {**s, "rewards": [{"name": "resolvd"}]}, "rewards.0.name", "unknown reward module 'resolvd'"),
     (lambda s: {**s, "environment": {"name": "chess"}}, "environment.name", "valid names: dataset"),
-    (lambda s: {**s, "schedule": {"steps": -2}}, "schedule.steps", "greater than or equal to 1"),
+    (lambda s: {**s, "schedule": {"steps": -2}}, "schedule.steps", "greater than or equal to 0"),
     (lambda s: {**s, "model": {"path": str(ROOT / "runs" / "no-such-model")}}, "model.path", "no such model folder"),
     (lambda s: {**s, "environment": {"config": {"train": str(ROOT / "runs" / "no-data.jsonl")}}},
      "environment.config.train", "no such file"),

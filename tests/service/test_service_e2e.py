@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -78,8 +79,11 @@ def test_job_runs_to_success_and_the_cli_follows_it(settings, tiny_model):
             done = c.get(f"/v1/jobs/{job['id']}").json()
             assert done["state"] == "succeeded" and done["step"] == 4 and done["wandb"]
             kinds = [e["kind"] for e in c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["events"]]
-            assert kinds[:3] == ["queued", "starting", "started"] and kinds[-1] == "succeeded"
+            assert kinds[:3] == ["queued", "starting", "started"] and kinds[-2:] == ["succeeded", "registered"]
             assert kinds.count("step") == 4 and kinds.count("checkpoint") == 2 and "finished" in kinds
+            model = c.get("/v1/models").json()["models"][0]  # its export is a model version
+            assert model["job_id"] == job["id"] and Path(model["path"]) == Path(done["run_dir"]).resolve() / "model"
+            assert {f["name"] for f in model["files"]} >= {"config.json", "model.safetensors"}
             assert [m["step"] for m in c.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]] == [1, 2, 3, 4]
             assert [k["step"] for k in c.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]] == [2, 4]
     finally:
