@@ -54,7 +54,7 @@ def ray_head():
         env.setenv("FLYWHEEL_DATABASE_URL", CANARY_DATABASE_URL)
         head.start()
     yield head.address
-    head.stop()
+    head.stop(grace_s=2)  # the end of the session: nothing of it is needed any more
 
 
 def _fresh_postgres() -> str:

@@ -18,6 +18,13 @@ def spec(model, rewards, **extra) -> dict:
 
 
 @pytest.fixture
+def database_url(tmp_path) -> str:
+    """A dry run reads and writes nothing in the store (it runs on the cluster), so one store does:
+    each case costs its rollouts, and the store-specific SQL is covered by the other API tests."""
+    return f"sqlite:///{tmp_path / 'flywheel.db'}"
+
+
+@pytest.fixture
 def alice(teams):
     return auth(teams.key("alice")[0])
 

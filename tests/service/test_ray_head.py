@@ -39,7 +39,7 @@ def bystander():
                     "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True)
     head = LocalRayHead(0, temp_dir=temp)  # only to find (and at the end stop) its processes
     yield head
-    head.stop()
+    head.stop(grace_s=2)  # the test is over: no need to let it shut down gracefully
 
 
 def test_the_head_listens_on_loopback_only_and_its_stop_spares_a_bystander(bystander):

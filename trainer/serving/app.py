@@ -183,7 +183,9 @@ class Server:
                 break
         next_token.cancel()
         completion = done.result()
-        if completion.text != sent:  # an engine that does not stream, or a decoding that settled late
+        if not ids:  # an engine that does not stream (vLLM here): the whole reply in one chunk
+            yield chunk({"content": completion.text}, self.logprobs(served, completion) if body.logprobs else None)
+        elif completion.text != sent:  # a decoding that settled late
             yield chunk({"content": completion.text[len(sent):] if completion.text.startswith(sent) else ""})
         reply = reply_message(completion.text, self.config.tool_format)
         conversation.record(body.messages, reply, completion.text, completion.token_ids, completion.logprobs)
@@ -203,18 +205,22 @@ class Server:
 
     def response(self, body: ChatRequest, served: ServedModel, completion, reply: dict, prompt_tokens: int,
                  cid: str) -> dict:
-        tok = served.engine.tokenizer()
         finish = "tool_calls" if reply.get("tool_calls") else "length" if completion.truncated else "stop"
         choice: dict[str, Any] = {"index": 0, "message": reply, "finish_reason": finish, "logprobs": None}
         if body.logprobs:
-            pieces = [tok.decode([t]) for t in completion.token_ids]
-            choice["logprobs"] = {"content": [{"token": p, "logprob": lp, "bytes": list(p.encode()), "top_logprobs": []}
-                                              for p, lp in zip(pieces, completion.logprobs, strict=True)]}
+            choice["logprobs"] = self.logprobs(served, completion)
         n = len(completion.token_ids)
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.config.deployment, "system_fingerprint": served.version, "choices": [choice],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
                 "metadata": {"conversation_id": cid, "model_version": served.version}}
+
+    @staticmethod
+    def logprobs(served: ServedModel, completion) -> dict[str, Any]:
+        """OpenAI's `logprobs` of a choice: each sampled token's text and logprob."""
+        pieces = [served.engine.tokenizer().decode([t]) for t in completion.token_ids]
+        return {"content": [{"token": p, "logprob": lp, "bytes": list(p.encode()), "top_logprobs": []}
+                            for p, lp in zip(pieces, completion.logprobs, strict=True)]}
 
     async def shutdown(self) -> None:
         for cid in list(self.open):
