@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from environments.support_desk.simulator import make_ticket  # noqa: E402
+from service.demo import wait_ready  # noqa: E402
 from service.jobs.launcher import free_port  # noqa: E402
 
 
@@ -53,20 +54,6 @@ def register(database_url: str, model: str) -> None:
         logic.record_report(s, job, 1, "finished", "", {"export_dir": str(Path(model).resolve())})
         logic.transition(s, job, JobState.succeeded)
         s.commit()
-
-
-def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{what} did not start within {timeout_s:.0f} s")
 
 
 def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int) -> dict[str, float]:
@@ -130,7 +117,7 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve-model", "bench", "--port", str(port),
                                  "--engine", a.engine], cwd=ROOT, env=env)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/healthz", proc, "flywheel serve-model")
+            wait_ready(f"http://127.0.0.1:{port}/healthz", proc, "flywheel serve-model", 600)
             load(f"http://127.0.0.1:{port}/v1", "bench", 2, 2, a.max_tokens)  # warm-up
             results[f"flywheel serve-model ({a.engine})"] = load(f"http://127.0.0.1:{port}/v1", "bench", a.clients,
                                                                  a.requests, a.max_tokens)
@@ -144,7 +131,7 @@ def main() -> None:
                                  "--port", str(port), "--dtype", "float32", "--served-model-name", "bench",
                                  "--enforce-eager"], cwd=ROOT, env=env)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/health", proc, "vllm serve")
+            wait_ready(f"http://127.0.0.1:{port}/health", proc, "vllm serve", 600)
             load(f"http://127.0.0.1:{port}/v1", "bench", 2, 2, a.max_tokens)
             results["vllm serve (peer)"] = load(f"http://127.0.0.1:{port}/v1", "bench", a.clients, a.requests,
                                                 a.max_tokens)

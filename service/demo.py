@@ -27,18 +27,19 @@ from service.jobs.launcher import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
+    """Until `url` answers 200; exits naming `what` if its process ends or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the service exited with code {server.returncode} while starting")
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode} while starting")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"the service at {url} was not ready after {timeout_s:.0f} s")
+    raise SystemExit(f"{what} at {url} was not ready after {timeout_s:.0f} s")
 
 
 @contextmanager
@@ -59,7 +60,7 @@ def serving(state_dir: str) -> Iterator[tuple[str, str, str]]:
     print(f"starting the service on {url} (store {database_url}, local Ray head)", flush=True)
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT, env=env)
     try:
-        wait_healthy(url, server)
+        wait_ready(f"{url}/readyz", server, "the service")
         os.environ.update(FLYWHEEL_URL=url, FLYWHEEL_API_KEY=key)
         yield url, key, database_url
     finally:

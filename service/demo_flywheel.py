@@ -32,7 +32,7 @@ import httpx
 
 from environments.support_desk.customers import rates, serve_customers
 from service.client import check
-from service.demo import ROOT, serving
+from service.demo import ROOT, serving, wait_ready
 from service.demo_traces import run_job
 from service.jobs.launcher import free_port
 
@@ -64,16 +64,8 @@ def start_serving(url: str, key: str, state: Path) -> tuple[subprocess.Popen, st
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve-model", "support-agent", "--port", str(port),
                              "--tool-format", "call", "--poll-s", "1"], cwd=ROOT, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return proc, f"{base}/v1"
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"the serving process exited; see {state / 'serve-model.log'}")
-        time.sleep(0.5)
-    raise SystemExit("the serving process did not start")
+    wait_ready(f"{base}/healthz", proc, f"the serving process (its log: {state / 'serve-model.log'})", 300)
+    return proc, f"{base}/v1"
 
 
 def wait_serving(base_url: str, version: str) -> None:

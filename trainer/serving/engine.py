@@ -4,6 +4,7 @@ together through the engine in one call (the engine samples a batch almost as fa
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 from collections.abc import Callable
@@ -46,7 +47,7 @@ class ServedModel:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return format_prompt(self.engine.tokenizer(), messages)
 
-    @property
+    @functools.cached_property
     def streams(self) -> bool:
         """Whether the engine hands over each token as it is sampled (the HF engine does)."""
         return "on_step" in inspect.signature(self.engine.generate).parameters
