@@ -37,8 +37,13 @@ def corpus_lines(path: str | Path) -> list[str]:
 
 
 def build_tiny_model(out_dir: str | Path, texts: list[str], vocab_size: int = 320, hidden: int = 64,
-                     layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
-    """Train a tokenizer on `texts`, build a random Qwen2 model, and save both to `out_dir`."""
+                     layers: int = 2, heads: int = 4, seed: int = 0, init_std: float = 0.02) -> Path:
+    """Train a tokenizer on `texts`, build a random Qwen2 model, and save both to `out_dir`.
+
+    `init_std` is the weights' initial standard deviation (Hugging Face's `initializer_range`). At
+    the usual 0.02 the tied embeddings are so small that the output is near uniform whatever the
+    hidden state: only training the embeddings themselves can sharpen it, so low-rank adapters on
+    the attention and MLP layers cannot move it. At 0.2 they can, as they do on a pretrained model."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -63,7 +68,7 @@ def build_tiny_model(out_dir: str | Path, texts: list[str], vocab_size: int = 32
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=512,
         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
+        bos_token_id=None, initializer_range=init_std,
     )
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -79,8 +84,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=320)
+    parser.add_argument("--init-std", type=float, default=0.02, help="the weights' initial standard deviation")
     args = parser.parse_args()
-    path = build_tiny_model(args.out_dir, corpus_lines(args.corpus), args.vocab, args.hidden, args.layers)
+    path = build_tiny_model(args.out_dir, corpus_lines(args.corpus), args.vocab, args.hidden, args.layers,
+                            init_std=args.init_std)
     print(f"tiny model written to {path}")
 
 

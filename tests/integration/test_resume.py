@@ -6,9 +6,7 @@ and with LoRA (`learner.lora`), where the checkpoint must carry the adapters and
 state, the workers must sample from exactly the merged weights, the KL reference is the base with
 the adapters off, and the export is a plain model with the adapters beside it; and with
 asynchronous rollout (`rollout.max_staleness = 1`), where the batch in flight at the checkpoint
-must be saved with it. (LoRA does not learn the tiny model's task: a randomly initialised model's
-output is near uniform, its logits bounded by the tied embeddings' scale, which adapters on the
-attention and MLP layers cannot reach; full fine-tuning moves the embeddings themselves.)"""
+must be saved with it. (That LoRA learns is shown in test_grpo_learning.py.)"""
 
 import json
 
