@@ -86,8 +86,9 @@ bench: install           ## Flywheel vs TRL's GRPOTrainer on the same tiny job, 
 	$(BIN)/python bench/grpo_vs_trl.py
 	$(MAKE) bench-service
 
-bench-real: install real-model   ## the same GRPO job on SmolLM2-135M-Instruct: Flywheel (vLLM, HF engine) vs TRL
+bench-real: install real-model   ## the same GRPO job on SmolLM2-135M-Instruct: Flywheel (vLLM, HF engine) vs TRL; LoRA into vLLM merged vs as an adapter
 	$(BIN)/python bench/grpo_vs_trl.py --model real
+	$(BIN)/python bench/vllm_lora.py
 
 bench-service: install   ## API reads vs bare FastAPI routes on the same store: 10 and 50 clients, 1 and 2 processes, SQLite and PostgreSQL
 	$(BIN)/python bench/service_load.py --postgres "$$(bash .ci/postgres.sh start)"
