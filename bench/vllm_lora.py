@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -64,17 +63,10 @@ def run_one(way: str, a: argparse.Namespace) -> dict:
     from trainer.actors.lora import merged_state_dict
     from trainer.actors.vllm_engine import VLLMEngine
 
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    t0 = time.perf_counter()
-    if way == "merged":
-        engine = VLLMEngine(a.model, kv_cache_gb=1.0, max_model_len=2048)
-        llm = engine.llm
-    else:
-        from vllm import LLM
-
-        engine, llm = None, LLM(model=a.model, dtype="float32", seed=0, logprobs_mode="processed_logprobs",
-                                max_model_len=2048, enable_chunked_prefill=False, enforce_eager=True,
-                                kv_cache_memory_bytes=2**30, enable_lora=True, max_lora_rank=a.rank, max_loras=1)
+    t0 = time.perf_counter()  # the rollout workers' engine, with vLLM's LoRA support on for the adapter
+    lora = {"enable_lora": True, "max_lora_rank": a.rank, "max_loras": 1} if way == "adapter" else {}
+    engine = VLLMEngine(a.model, kv_cache_gb=1.0, max_model_len=2048, **lora)
+    llm = engine.llm
     start = time.perf_counter() - t0
     batch = [TokensPrompt(prompt_token_ids=p) for p in prompts(llm.get_tokenizer(), a.prompts) for _ in range(a.n)]
     params = [SamplingParams(temperature=1.0, max_tokens=a.tokens, seed=k, logprobs=0, ignore_eos=True)

@@ -33,7 +33,9 @@ from trainer.types import Completion, SamplingParams
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
                  max_model_len: int | None = None, prefix_caching: bool = True,
-                 weight_transfer: str = "object_store", sleep: bool = False, gpu_memory_utilization: float = 0.9):
+                 weight_transfer: str = "object_store", sleep: bool = False, gpu_memory_utilization: float = 0.9,
+                 **llm_options):
+        """`llm_options` go to vLLM's `LLM` as they are (for instance `enable_lora`)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gb))))
         from vllm import LLM
@@ -50,7 +52,7 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, dtype=dtype, seed=0, logprobs_mode="processed_logprobs",
                        max_model_len=max_model_len, enable_prefix_caching=prefix_caching,
                        enable_chunked_prefill=False, max_num_batched_tokens=max(16384, max_model_len or 0),
-                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=True, **gpu)
+                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30), enforce_eager=True, **gpu, **llm_options)
         self._tok = self.llm.get_tokenizer()
         self.sleeps, self.asleep = sleep, False
 
