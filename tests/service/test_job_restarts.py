@@ -17,7 +17,7 @@ from tests.service.conftest import Teams, auth
 from tests.service.test_service_e2e import Service, spec, wait_for
 
 pytestmark = pytest.mark.slow
-STEPS = 12
+STEPS = 16
 
 
 def kill_one(actor: str) -> int:
@@ -33,11 +33,17 @@ def kill_one(actor: str) -> int:
     raise AssertionError(f"no {actor} process found")
 
 
+def paced(job_spec: dict) -> dict:
+    """Steps of 0.4 s: an actor is killed while the job still has steps to run, not after it."""
+    job_spec["rewards"] = [{"import_path": "tests.fixtures.trl_rewards:paced_digit_share"}]
+    return job_spec
+
+
 def test_a_job_whose_actors_die_resumes_from_its_checkpoint_each_time(settings, tiny_model):
     """A rollout worker dies at step 3, then, in the resumed run, a learner rank at step 7."""
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
-    job_spec = spec(tiny_model, steps=STEPS, checkpoint_interval=2)
+    job_spec = paced(spec(tiny_model, steps=STEPS, checkpoint_interval=2))
     job_spec["schedule"].update(max_restarts=2, restart_backoff_s=1)
     try:
         with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
@@ -67,7 +73,7 @@ def test_a_job_whose_actors_die_resumes_from_its_checkpoint_each_time(settings, 
 def test_a_job_past_its_restarts_fails_with_the_reason(settings, tiny_model):
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
-    job_spec = spec(tiny_model, steps=200, checkpoint_interval=2)  # max_restarts stays 0
+    job_spec = paced(spec(tiny_model, steps=200, checkpoint_interval=2))  # max_restarts stays 0
     try:
         with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
             job = c.post("/v1/jobs", json=job_spec).json()
