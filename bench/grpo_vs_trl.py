@@ -12,8 +12,10 @@ phase), the mean reward over the first and last steps, and the ratios.
 Configurations: `flywheel-vllm` (vLLM rollouts, synchronous, full weights, float32), `flywheel`
 (the HF engine), `flywheel-async` (vLLM, `rollout.max_staleness = 1`), `flywheel-lora` (vLLM,
 LoRA rank 16 on every linear layer of the blocks, `--lora-lr`), `flywheel-bf16` (vLLM,
-`model.dtype = bfloat16`), `flywheel-best` (vLLM, async and LoRA), `trl` and `trl-lora` (TRL's
-GRPOTrainer, full weights or its own peft LoRA with the same rank, targets and learning rate).
+`model.dtype = bfloat16`), `flywheel-best` (vLLM, async and LoRA), `flywheel-lora-bf16` and
+`flywheel-best-bf16` (the same in bfloat16), `trl` and `trl-lora` (TRL's GRPOTrainer, full
+weights or its own peft LoRA with the same rank, targets and learning rate), `trl-bf16` and
+`trl-lora-bf16` (TRL with the model loaded in bfloat16 and `bf16=True`).
 
 Step times exclude the first step of each (start-up, lazy initialisation); wall time includes
 everything from the call to the return, Ray, DeepSpeed and vLLM start-up included. Runs alternate
@@ -140,7 +142,7 @@ def run_flywheel(model: Path, out: Path, a, engine: str = "hf", max_staleness: i
     return out
 
 
-def run_trl(model: Path, out: Path, a, lora: bool = False) -> dict:
+def run_trl(model: Path, out: Path, a, lora: bool = False, dtype: str = "float32") -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -170,7 +172,7 @@ def run_trl(model: Path, out: Path, a, lora: bool = False) -> dict:
         max_steps=a.steps, per_device_train_batch_size=a.prompts * a.group, num_generations=a.group,
         gradient_accumulation_steps=1, max_completion_length=a.tokens, learning_rate=a.lr,
         lr_scheduler_type="constant", warmup_steps=0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", beta=0.0,
-        temperature=1.0, seed=0, bf16=False, disable_tqdm=True,
+        temperature=1.0, seed=0, bf16=dtype == "bfloat16", disable_tqdm=True,
     )
     start = time.perf_counter()
     peft_config = None
@@ -179,13 +181,16 @@ def run_trl(model: Path, out: Path, a, lora: bool = False) -> dict:
 
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
         config.learning_rate = a.lora_lr
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model), reward_funcs=[digit_share],
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+    trainer = GRPOTrainer(model=policy, reward_funcs=[digit_share],
                           args=config, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(model),
                           callbacks=[Clock()], peft_config=peft_config)
     trainer.train()
     wall = time.perf_counter() - start
     tokens = [log["completions/mean_length"] * a.prompts * a.group for log in logs]
-    return summarise(times, tokens, [log["reward"] for log in logs], wall)
+    out = summarise(times, tokens, [log["reward"] for log in logs], wall)
+    out["dtype"] = dtype
+    return out
 
 
 def main() -> None:
@@ -241,8 +246,13 @@ RUNNERS = {
     "flywheel-lora": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", lora=True),
     "flywheel-bf16": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", dtype="bfloat16"),
     "flywheel-best": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", max_staleness=1, lora=True),
+    "flywheel-lora-bf16": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", lora=True, dtype="bfloat16"),
+    "flywheel-best-bf16": lambda model, out, a: run_flywheel(model, out, a, engine="vllm", max_staleness=1,
+                                                             lora=True, dtype="bfloat16"),
     "trl": run_trl,
     "trl-lora": lambda model, out, a: run_trl(model, out, a, lora=True),
+    "trl-bf16": lambda model, out, a: run_trl(model, out, a, dtype="bfloat16"),
+    "trl-lora-bf16": lambda model, out, a: run_trl(model, out, a, lora=True, dtype="bfloat16"),
 }
 
 
@@ -254,11 +264,11 @@ def report(runs: dict[str, list[dict]], a, about: str) -> None:
           f"('flywheel' is the HF engine)")
     print(f"median of {a.repeats} runs each (s/step of every run: "
           + "; ".join(f"{n} " + " ".join(f"{r['s_per_step']:.3f}" for r in rs) for n, rs in runs.items()) + ")")
-    print(f"{'':14}{'tokens/s':>10}{'rollout tok/s':>15}{'s/step':>9}{'reward first':>14}{'reward last':>13}"
+    print(f"{'':20}{'tokens/s':>10}{'rollout tok/s':>15}{'s/step':>9}{'reward first':>14}{'reward last':>13}"
           f"{'wall s':>9}")
     for name, r in results.items():
         rollout = f"{r['rollout_tokens_per_s']:.0f}" if "rollout_tokens_per_s" in r else "-"
-        print(f"{name:14}{r['tokens_per_s']:>10.0f}{rollout:>15}{r['s_per_step']:>9.3f}{r['reward_first']:>14.3f}"
+        print(f"{name:20}{r['tokens_per_s']:>10.0f}{rollout:>15}{r['s_per_step']:>9.3f}{r['reward_first']:>14.3f}"
               f"{r['reward_last']:>13.3f}{r['wall_s']:>9.1f}")
     for name, r in results.items():
         if "phases" in r:
@@ -277,7 +287,12 @@ def report(runs: dict[str, list[dict]], a, about: str) -> None:
               f"s/step {h['s_per_step'] / v['s_per_step']:.2f}× faster")
     for name, peer in (("flywheel-vllm", "trl"), ("flywheel", "trl"), ("flywheel-async", "flywheel-vllm"),
                        ("flywheel-lora", "flywheel-vllm"), ("flywheel-bf16", "flywheel-vllm"),
-                       ("flywheel-lora", "trl-lora"), ("flywheel-best", "trl"), ("flywheel-best", "trl-lora")):
+                       ("flywheel-lora", "trl-lora"), ("flywheel-best", "trl"), ("flywheel-best", "trl-lora"),
+                       ("flywheel-lora-bf16", "flywheel-lora"), ("flywheel-best-bf16", "flywheel-best"),
+                       ("flywheel-lora-bf16", "trl"), ("flywheel-best-bf16", "trl"),
+                       ("flywheel-lora-bf16", "trl-lora-bf16"), ("flywheel-best-bf16", "trl-lora-bf16"),
+                       ("flywheel-lora-bf16", "trl-bf16"), ("flywheel-best-bf16", "trl-bf16"),
+                       ("trl-bf16", "trl")):
         if {name, peer} <= results.keys():
             fw, other = results[name], results[peer]
             print(f"ratio {name}/{peer}: tokens/s {fw['tokens_per_s'] / other['tokens_per_s']:.2f}×, "

@@ -78,3 +78,19 @@ def test_top_p_samples_lie_in_the_nucleus_with_its_logprobs(tiny_model):
         chosen = expected.gather(-1, torch.tensor(s.completion.token_ids)[:, None]).squeeze(1)
         assert torch.isfinite(chosen).all()  # never a token outside the nucleus
         torch.testing.assert_close(chosen, torch.tensor(s.completion.logprobs), atol=1e-4, rtol=0)
+
+
+def test_right_padded_rows_need_no_attention_mask(worker, tiny_model):
+    """The learner runs its micro-batches without a mask: for the real tokens of right-padded
+    rows the causal model gives the same logits either way."""
+    samples = worker.generate(TASKS, 0, 3, SamplingParams(10), seed=3)
+    batch = TokenBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
+                       [[True] * len(s.completion.token_ids) for s in samples])
+    mb = micro_batch(batch, range(6), worker.engine.tokenizer().pad_token_id)
+    assert not mb.attention_B_S.all()  # some rows are padded
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        masked = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S).logits
+        unmasked = model(input_ids=mb.input_ids_B_S).logits
+    real = mb.attention_B_S.bool()
+    torch.testing.assert_close(unmasked[real], masked[real], atol=1e-5, rtol=0)

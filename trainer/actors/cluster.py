@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from trainer.actors.affinity import local_cpu_cores
+from trainer.actors.affinity import CoreShare, local_core_count, local_cpu_cores, share_cores
 from trainer.actors.classifier import OutcomeClassifier
 from trainer.actors.critic import Critic
 from trainer.actors.learner import Learner
@@ -123,14 +123,22 @@ def start_actors(spec) -> JobActors:
         return _in_bundle(pg, index, cpus, gpus)
 
     pin = local_cpu_cores()
+    cores = share_cores(rollout.workers, learner.ranks, rollout.max_staleness > 0, local_core_count()) if pin \
+        else CoreShare(1, 1, 0)
+
+    def slot(i: int) -> int | None:
+        return i if pin else None
+
     workers = [ray.remote(RolloutWorker).options(**opts(i, rollout.num_cpus, share))
-               .remote(rollout.engine, spec.model.path, spec.rollout_dtype, 1, i if pin else None,
+               .remote(rollout.engine, spec.model.path, spec.rollout_dtype, cores.worker_threads, slot(i),
                        (spec.environment.name, spec.environment.config), rollout.vllm.model_dump())
                for i in range(rollout.workers)]
     learners = [ray.remote(Learner).options(**opts(first_learner + r, learner.num_cpus, share))
-                .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]
+                .remote(r, learner.ranks, cores.rank_threads, slot(cores.first_rank_slot + r))
+                for r in range(learner.ranks)]
     critics = [ray.remote(Critic).options(**opts(first_critic + r, learner.num_cpus, gpu))
-               .remote(r, critic_ranks, 1, r if pin else None) for r in range(critic_ranks)]
+               .remote(r, critic_ranks, cores.rank_threads, slot(cores.first_rank_slot + r))
+               for r in range(critic_ranks)]
     rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS, 0)).remote(spec.rewards)
     transfer = rollout.vllm.weight_transfer if rollout.engine == "vllm" else "object_store"
     actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage, critics=critics, weight_transfer=transfer)
@@ -176,8 +184,9 @@ def start_classifiers(spec) -> ClassifierActors:
     gpu = 1 if _cluster_has_gpus() else 0
     pg = _reserve([{"CPU": learner.num_cpus, **({"GPU": gpu} if gpu else {})}] * learner.ranks)
     pin = local_cpu_cores()
+    threads = share_cores(1, learner.ranks, False, local_core_count()).rank_threads if pin else 1
     ranks = [ray.remote(OutcomeClassifier).options(**_in_bundle(pg, r, learner.num_cpus, gpu))
-             .remote(r, learner.ranks, 1, r if pin else None) for r in range(learner.ranks)]
+             .remote(r, learner.ranks, threads, r if pin else None) for r in range(learner.ranks)]
     actors = ClassifierActors(ranks, pg)
     try:
         master = ray.get(ranks[0].address.remote())
