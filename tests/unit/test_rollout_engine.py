@@ -80,17 +80,17 @@ def test_top_p_samples_lie_in_the_nucleus_with_its_logprobs(tiny_model):
         torch.testing.assert_close(chosen, torch.tensor(s.completion.logprobs), atol=1e-4, rtol=0)
 
 
-def test_right_padded_rows_need_no_attention_mask(worker, tiny_model):
-    """The learner runs its micro-batches without a mask: for the real tokens of right-padded
-    rows the causal model gives the same logits either way."""
-    samples = worker.generate(TASKS, 0, 3, SamplingParams(10), seed=3)
-    batch = TokenBatch([s.prompt_ids for s in samples], [s.completion.token_ids for s in samples],
-                       [[True] * len(s.completion.token_ids) for s in samples])
-    mb = micro_batch(batch, range(6), worker.engine.tokenizer().pad_token_id)
-    assert not mb.attention_B_S.all()  # some rows are padded
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(tiny_model):
+    """`contiguous_head_input` hands the output layer a contiguous copy of the kept positions
+    (bf16 on CPU is slow on the strided slice) and changes no logit."""
+    from trainer.actors.head import contiguous_head_input
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = contiguous_head_input(AutoModelForCausalLM.from_pretrained(tiny_model))
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, plain.config.vocab_size, (3, 12))
     with torch.no_grad():
-        masked = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S).logits
-        unmasked = model(input_ids=mb.input_ids_B_S).logits
-    real = mb.attention_B_S.bool()
-    torch.testing.assert_close(unmasked[real], masked[real], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(input_ids=ids, logits_to_keep=5).logits,
+                                   plain(input_ids=ids, logits_to_keep=5).logits, atol=0, rtol=0)
+    assert seen == [True]

@@ -32,7 +32,7 @@ class Critic(DeepSpeedRank):
 
     def _values(self, mb: MicroBatch) -> torch.Tensor:
         """Values [B, T] at the kept positions (each predicts the token after it)."""
-        out = self.engine(input_ids=mb.input_ids_B_S)  # right-padded: no mask needed (see Learner._logprobs)
+        out = self.engine(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S)
         return out.logits[:, mb.first:-1, 0].float()
 
     @torch.no_grad()

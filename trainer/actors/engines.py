@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from trainer.actors.head import contiguous_head_input
 from trainer.types import Completion, SamplingParams
 
 
@@ -40,7 +41,8 @@ class HFEngine:
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._tok = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model = contiguous_head_input(model).to(self.device)
         self.model.eval()
         self.eos_ids = set(self._eos_ids())
 

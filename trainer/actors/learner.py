@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from trainer.actors.deepspeed_rank import DeepSpeedRank, MicroBatch
+from trainer.actors.head import contiguous_head_input
 from trainer.actors.lora import merged_state_dict, tied_copies, with_lora
 from trainer.algorithms import build_algorithm
 from trainer.algorithms.losses import aggregate, k3_kl, token_logprobs_and_entropy
@@ -32,25 +33,23 @@ class Learner(DeepSpeedRank):
         self.temperature, self.zero_stage, self.rl_lr = temperature, learner.zero_stage, learner.lr
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch_dtype = getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        model = contiguous_head_input(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype))
         self.lora = learner.lora is not None
         if self.lora:
             model = with_lora(model, learner.lora)
         self.reference = None
         if self.algorithm.needs_reference and not self.lora:  # with LoRA: the base, adapters off
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
+            self.reference = contiguous_head_input(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype))
+            self.reference.eval()
             self.reference.requires_grad_(False)
         self._start_engine(model, learner, learner.lr, per_rank, dtype, self.tokenizer.pad_token_id)
         if self.reference is not None:
             self.reference.to(self.engine.device)
 
     def _logprobs(self, model, mb: MicroBatch, temperature: float | None = None):
-        """Logprobs and entropies [B, T] of the tokens each kept position predicts.
-
-        No attention mask: the rows are right-padded, so causal attention never reaches a pad
-        from a real token, and without a mask SDPA runs its causal kernel (in bfloat16 on CPU
-        the masked path made the forward 2.7× slower)."""
-        out = model(input_ids=mb.input_ids_B_S, logits_to_keep=mb.input_ids_B_S.shape[1] - mb.first)
+        """Logprobs and entropies [B, T] of the tokens each kept position predicts."""
+        out = model(input_ids=mb.input_ids_B_S, attention_mask=mb.attention_B_S,
+                    logits_to_keep=mb.input_ids_B_S.shape[1] - mb.first)
         logits = out.logits[:, :-1].float() / (temperature or self.temperature)
         return token_logprobs_and_entropy(logits, mb.input_ids_B_S[:, mb.first + 1:])
 
