@@ -1,11 +1,15 @@
 """How a local run's rollout workers and learner ranks split the cores, and the pinning itself."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
-from trainer.actors.affinity import CoreShare, pin_to_core, share_cores
+from trainer.actors.affinity import CoreShare, share_cores
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("workers", "ranks", "overlap", "cores", "expected"), [
@@ -21,15 +25,13 @@ def test_workers_and_ranks_split_the_cores(workers, ranks, overlap, cores, expec
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
-def test_a_slot_pins_to_its_cores_and_sets_the_threads():
-    before, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    cores = sorted(before)
-    try:
-        pin_to_core(1, 1)
-        assert os.sched_getaffinity(0) == {cores[1 % len(cores)]} and torch.get_num_threads() == 1
-        os.sched_setaffinity(0, before)
-        pin_to_core(0, len(cores))
-        assert os.sched_getaffinity(0) == set(cores) and torch.get_num_threads() == len(cores)
-    finally:
-        os.sched_setaffinity(0, before)
-        torch.set_num_threads(threads)
+@pytest.mark.parametrize(("slot", "threads"), [(1, 1), (0, 2)])
+def test_a_slot_pins_to_its_cores_and_sets_the_threads(slot, threads):
+    """In a fresh process, as an actor would (once vLLM is imported, torch.set_num_threads is a no-op)."""
+    cores = sorted(os.sched_getaffinity(0))
+    code = ("import os, torch; from trainer.actors.affinity import pin_to_core; "
+            f"pin_to_core({slot}, {threads}); print(sorted(os.sched_getaffinity(0)), torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    width = min(threads, len(cores))
+    expected = sorted({cores[(slot * width + k) % len(cores)] for k in range(width)})
+    assert out.split("]")[0] + "]" == str(expected) and int(out.split()[-1]) == threads
