@@ -70,7 +70,17 @@ def test_two_workers_one_scheduler_and_the_other_takes_over_when_it_dies(tiny_mo
                 return False
 
         _wait(ready, 120, "the service did not become ready")
-        workers = lambda: {p.pid for p in psutil.Process(service.pid).children() if "spawn" in " ".join(p.cmdline())}  # noqa: E731
+        def workers() -> set[int]:
+            """The live worker processes (a killed one stays a zombie until the server reaps it)."""
+            alive = set()
+            for p in psutil.Process(service.pid).children():
+                try:
+                    if "spawn" in " ".join(p.cmdline()):
+                        alive.add(p.pid)
+                except psutil.Error:  # a zombie or gone
+                    pass
+            return alive
+
         first = _wait(lambda: _holder_pid(teams) in workers() and _holder_pid(teams), 30, "no worker holds the lease")
         assert len(workers()) == 2
         with httpx.Client(base_url=base, headers=auth(key), timeout=30) as c:
