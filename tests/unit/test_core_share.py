@@ -1,5 +1,6 @@
 """How a local run's rollout workers and learner ranks split the cores, and the pinning itself."""
 
+import json
 import os
 import subprocess
 import sys
@@ -29,9 +30,9 @@ def test_workers_and_ranks_split_the_cores(workers, ranks, overlap, cores, expec
 def test_a_slot_pins_to_its_cores_and_sets_the_threads(slot, threads):
     """In a fresh process, as an actor would (once vLLM is imported, torch.set_num_threads is a no-op)."""
     cores = sorted(os.sched_getaffinity(0))
-    code = ("import os, torch; from trainer.actors.affinity import pin_to_core; "
-            f"pin_to_core({slot}, {threads}); print(sorted(os.sched_getaffinity(0)), torch.get_num_threads())")
+    code = ("import json, os, torch; from trainer.actors.affinity import pin_to_core; "
+            f"pin_to_core({slot}, {threads}); print(json.dumps([sorted(os.sched_getaffinity(0)), torch.get_num_threads()]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     width = min(threads, len(cores))
     expected = sorted({cores[(slot * width + k) % len(cores)] for k in range(width)})
-    assert out.split("]")[0] + "]" == str(expected) and int(out.split()[-1]) == threads
+    assert json.loads(out) == [expected, threads]

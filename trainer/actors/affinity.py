@@ -24,13 +24,18 @@ class CoreShare:
     """Rank r's slice is slot `first_rank_slot + r` (worker i's is slot i)."""
 
 
+def threads_each(actors: int, cores: int) -> int:
+    """Threads for each of `actors` actors that split `cores` cores (one at least)."""
+    return max(1, cores // actors)
+
+
 def share_cores(workers: int, ranks: int, overlap: bool, cores: int) -> CoreShare:
     """How `workers` rollout workers and `ranks` learner ranks split `cores` cores; `overlap`:
-    the two sides compute at the same time. Every actor has one thread at least."""
+    the two sides compute at the same time."""
     if overlap:
-        each = max(1, cores // (workers + ranks))
+        each = threads_each(workers + ranks, cores)
         return CoreShare(each, each, workers)
-    return CoreShare(max(1, cores // workers), max(1, cores // ranks), 0)
+    return CoreShare(threads_each(workers, cores), threads_each(ranks, cores), 0)
 
 
 def local_core_count() -> int:

@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from trainer.actors.affinity import CoreShare, local_core_count, local_cpu_cores, share_cores
+from trainer.actors.affinity import CoreShare, local_core_count, local_cpu_cores, share_cores, threads_each
 from trainer.actors.classifier import OutcomeClassifier
 from trainer.actors.critic import Critic
 from trainer.actors.learner import Learner
@@ -184,7 +184,7 @@ def start_classifiers(spec) -> ClassifierActors:
     gpu = 1 if _cluster_has_gpus() else 0
     pg = _reserve([{"CPU": learner.num_cpus, **({"GPU": gpu} if gpu else {})}] * learner.ranks)
     pin = local_cpu_cores()
-    threads = share_cores(1, learner.ranks, False, local_core_count()).rank_threads if pin else 1
+    threads = threads_each(learner.ranks, local_core_count()) if pin else 1
     ranks = [ray.remote(OutcomeClassifier).options(**_in_bundle(pg, r, learner.num_cpus, gpu))
              .remote(r, learner.ranks, threads, r if pin else None) for r in range(learner.ranks)]
     actors = ClassifierActors(ranks, pg)
