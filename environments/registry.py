@@ -37,4 +37,5 @@ def build(name: str, config: dict[str, Any]) -> Environment:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise EnvironmentConfigError(".".join(map(str, err["loc"])), err["msg"]) from None
-    return cls(cfg)
+    factory = getattr(cls, "from_config", None)  # an environment that holds another one builds it here
+    return factory(cfg, build) if factory is not None else cls(cfg)

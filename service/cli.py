@@ -275,9 +275,9 @@ def environments() -> None:
 @app.command("serve-model", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve_model(ctx: typer.Context, deployment: str) -> None:
     """Serve DEPLOYMENT's current model over the OpenAI chat-completions API, logging every
-    conversation as a trace (options: python -m trainer.serving --help). The command becomes the
+    conversation as a trace (options: python -m serving --help). The command becomes the
     serving process (exec): the control plane's CLI never loads torch."""
-    os.execv(sys.executable, [sys.executable, "-m", "trainer.serving", deployment, *ctx.args])  # its signals too
+    os.execv(sys.executable, [sys.executable, "-m", "serving", deployment, *ctx.args])  # its signals too
 
 
 # ── models ─────────────────────────────────────────────────────────────────────────────────────

@@ -1,9 +1,12 @@
-"""What the CLI's commands share: an HTTP client for the service (FLYWHEEL_URL, FLYWHEEL_API_KEY),
-its error answers printed field by field, and tables printed at their natural width."""
+"""What the CLI's commands and the demos share: an HTTP client for the service (FLYWHEEL_URL,
+FLYWHEEL_API_KEY), its error answers printed field by field, tables printed at their natural
+width, and the wait for a process's readiness route."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -54,3 +57,18 @@ def show(table: Table) -> None:
     wraps in the terminal rather than having its names and numbers cut to `form…`."""
     width = Measurement.get(console, console.options.update_width(10_000), table).maximum
     Console(width=max(console.width, width), file=console.file).print(table)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
+    """Until `url` answers 200; exits naming `what` if its process ends or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{what} at {url} was not ready after {timeout_s:.0f} s")

@@ -18,8 +18,9 @@ email from the ticket's hidden facts. An episode ends with an outcome:
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
+
+from environments.messages import Call, MalformedCall, parse_turn
 
 INTENTS = ("refund", "password_reset", "shipping_delay", "cancellation", "address_change")
 RETURN_WINDOW_DAYS = 30
@@ -59,9 +60,6 @@ SYSTEM_PROMPT = (
     "password resets and cancellations; change an address only before the order ships."
 )
 
-CALL = re.compile(r"^\s*(\w+)\((.*)\)\s*$", re.S)
-CALL_ATTEMPT = re.compile(r"^\s*\w+\(")
-ARG = re.compile(r"^\s*(\w+)\s*=\s*\"?([^\"]*?)\"?\s*$")
 
 
 @dataclass(frozen=True)
@@ -94,34 +92,6 @@ def make_ticket(seed: int, intents: tuple[str, ...] = INTENTS) -> Ticket:
     return Ticket(seed=seed, intent=intent, order_id=str(rng.randrange(10, 100)),
                   email=f"{rng.choice(NAMES)}@mail.com", days_since_delivery=rng.randrange(2, 61),
                   shipped=rng.random() < 0.5, opening=rng.choice(OPENINGS[intent]))
-
-
-@dataclass(frozen=True)
-class Call:
-    name: str
-    args: dict[str, str]
-
-
-class MalformedCall(ValueError):
-    pass
-
-
-def parse_turn(text: str) -> Call | str:
-    """A tool call, or the text itself when it is a message to the customer."""
-    text = text.strip()
-    if not CALL_ATTEMPT.match(text):
-        return text
-    m = CALL.match(text)
-    if m is None:
-        raise MalformedCall("could not parse the call; write it as name(arg=value)")
-    name, body = m.group(1), m.group(2).strip()
-    args: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in body.split(","))):
-        a = ARG.match(part)
-        if a is None:
-            raise MalformedCall(f"could not parse the argument {part!r} of {name}; write arg=value")
-        args[a.group(1)] = a.group(2).strip()
-    return Call(name, args)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from environments.traces import write_snapshot
+from environments.snapshot import write_snapshot
 from service.client import check, client, console, names_table, show
 
 traces = typer.Typer(help="Production traces: conversations and their outcomes.", no_args_is_help=True)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from environments.traces import TraceSelection, write_snapshot
+from environments.snapshot import TraceSelection, write_snapshot
 from service.core.errors import ApiError
 from service.core.store import Trace
 from service.traces.logic import TraceFilter

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from trainer.actors.deepspeed_rank import micro_batch
-from trainer.actors.engines import HFEngine
 from trainer.algorithms.losses import token_logprobs
+from trainer.engines.hf import HFEngine
 from trainer.types import SamplingParams, TokenBatch
 
 pytestmark = pytest.mark.gpu

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from demos.legacy_agent import Mistakes, write_demonstrations
 from environments import build
-from environments.support_desk.legacy import Mistakes, write_demonstrations
 from trainer.actors.deepspeed_rank import micro_batch
 from trainer.actors.rollout_worker import RolloutWorker
 from trainer.algorithms.losses import aggregate, clipped_policy_loss, token_logprobs

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from environments.traces import write_snapshot
+from environments.snapshot import write_snapshot
 from tests.conftest import DIGITS, job_payload
 from trainer.loop import train
 from trainer.spec import parse_spec

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from environments.traces import write_snapshot
+from environments.snapshot import write_snapshot
 from rewards import load
 from rewards.outcome_model import META_FILE
 from tests.conftest import DIGITS, job_payload

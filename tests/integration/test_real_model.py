@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainer.actors.engines import HFEngine
+from trainer.engines.hf import HFEngine
 from trainer.types import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_the_real_model_answers_coherently_in_both_engines(real_model, chat_prom
     if engine_name == "hf":
         engine = HFEngine(str(real_model))
     else:
-        from trainer.actors.vllm_engine import VLLMEngine
+        from trainer.engines.vllm_engine import VLLMEngine
 
         engine = VLLMEngine(str(real_model), "float32", kv_cache_gb=1, max_model_len=1024)
     [[reply]] = engine.generate([chat_prompt], 1, SamplingParams(48, temperature=0.2), seed=0)

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from trainer.actors.deepspeed_rank import micro_batch
-from trainer.actors.engines import HFEngine
 from trainer.algorithms.losses import token_logprobs
+from trainer.engines.hf import HFEngine
 from trainer.types import SamplingParams, TokenBatch
 
 PROMPTS = ["12 + 7 =", "count: 3 3 3", "9 9"]
@@ -16,7 +16,7 @@ TOLERANCE = 1e-4  # float32 on both sides; measured differences are about 1e-6
 
 @pytest.fixture(scope="module")
 def engine(vllm_tiny_model):
-    from trainer.actors.vllm_engine import VLLMEngine
+    from trainer.engines.vllm_engine import VLLMEngine
 
     return VLLMEngine(str(vllm_tiny_model), "float32", kv_cache_gb=1, max_model_len=512)
 

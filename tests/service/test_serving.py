@@ -1,4 +1,4 @@
-"""Serving a deployment over the OpenAI API (`python -m trainer.serving`) against a real control
+"""Serving a deployment over the OpenAI API (`python -m serving`) against a real control
 plane: the official `openai` client gets completions with logprobs; under load, a promotion swaps
 the model with no failed request, and every conversation is logged once, as a trace, with the
 version that answered it and the logprobs it was sampled with."""

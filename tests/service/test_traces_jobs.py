@@ -5,7 +5,7 @@ the job, and later traces never change it. Bad selections are refused naming the
 import pytest
 
 from environments import build as build_environment
-from environments.traces import snapshot_hash
+from environments.snapshot import snapshot_hash
 from service.traces.snapshot import folder
 from tests.service.conftest import auth
 

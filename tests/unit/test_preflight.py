@@ -81,7 +81,7 @@ def test_data_roots_refuse_every_named_path_outside_them_and_follow_symlinks(tmp
 
 
 def test_traces_the_algorithm_cannot_read_are_refused_before_the_job(tiny_model, tmp_path):
-    from environments.traces import write_snapshot
+    from environments.snapshot import write_snapshot
 
     trace = {"trace_id": "t-1", "model": "agent", "outcome": {"outcome": "resolved"},
              "messages": [{"role": "user", "content": "How many orders?"}, {"role": "assistant", "content": "12"}]}
@@ -95,7 +95,7 @@ def test_traces_the_algorithm_cannot_read_are_refused_before_the_job(tiny_model,
 
 
 def test_traces_an_outcome_model_cannot_be_fitted_on_name_the_field(tiny_model, tmp_path):
-    from environments.traces import write_snapshot
+    from environments.snapshot import write_snapshot
 
     def job(outcomes, **algorithm):
         traces = [{"trace_id": f"t-{i}", "model": "agent", "outcome": o,

@@ -1,4 +1,4 @@
-"""The support desk's production log (environments/support_desk/production.py): what a deployment
+"""The support desk's production log (demos/production.py): what a deployment
 would log, in a shape the traces API takes, and read back by the traces environment as the very
 turns the agent wrote."""
 
@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
+from demos.legacy_agent import Mistakes, legacy_turns
+from demos.production import PRODUCTION_SEED_OFFSET, production_log
 from environments import build
-from environments.support_desk.legacy import Mistakes, legacy_turns
-from environments.support_desk.production import PRODUCTION_SEED_OFFSET, production_log
+from environments.snapshot import write_snapshot
 from environments.support_desk.simulator import make_ticket
-from environments.traces import write_snapshot
 from service.api.trace_schemas import TraceIn
 from service.traces.logic import trace_problems
 
@@ -40,7 +40,7 @@ def test_the_legacy_agent_makes_its_mistakes_in_production():
 def test_a_model_folder_as_the_agent_logs_its_sampled_tokens_with_their_logprobs(tiny_model):
     import torch
 
-    from environments.support_desk.model_agent import ModelAgent
+    from demos.model_agent import ModelAgent
 
     agent = ModelAgent(str(tiny_model), max_new_tokens=6, seed=1)
     log = production_log(3, Mistakes(), agent="tiny", agent_model=agent)

@@ -7,9 +7,9 @@ from transformers import AutoModelForCausalLM
 
 from environments import Task
 from trainer.actors.deepspeed_rank import micro_batch
-from trainer.actors.engines import processed_logprobs
 from trainer.actors.rollout_worker import RolloutWorker
 from trainer.algorithms.losses import token_logprobs
+from trainer.engines.hf import processed_logprobs
 from trainer.types import SamplingParams, TokenBatch
 
 TASKS = [Task("0", [{"role": "user", "content": "How many apples?"}]),
@@ -83,7 +83,7 @@ def test_top_p_samples_lie_in_the_nucleus_with_its_logprobs(tiny_model):
 def test_the_output_layer_gets_a_contiguous_input_and_the_same_logits(tiny_model):
     """`contiguous_head_input` hands the output layer a contiguous copy of the kept positions
     (bf16 on CPU is slow on the strided slice) and changes no logit."""
-    from trainer.actors.head import contiguous_head_input
+    from trainer.engines.head import contiguous_head_input
 
     plain = AutoModelForCausalLM.from_pretrained(tiny_model)
     model = contiguous_head_input(AutoModelForCausalLM.from_pretrained(tiny_model))

@@ -2,8 +2,8 @@
 
 import json
 
-from trainer.serving.conversations import Conversation
-from trainer.serving.tools import as_model_text, reply_message
+from serving.conversations import Conversation
+from serving.tools import as_model_text, reply_message
 
 
 def test_a_call_line_is_an_openai_tool_call_and_renders_back_to_the_same_line():

@@ -6,19 +6,11 @@ import random
 
 import pytest
 
+from demos.legacy_agent import Mistakes, legacy_turns, write_demonstrations
 from environments import build
 from environments.base import Episode
-from environments.support_desk.legacy import Mistakes, legacy_turns, write_demonstrations
-from environments.support_desk.simulator import (
-    INTENTS,
-    TOOLS,
-    Call,
-    MalformedCall,
-    Ticket,
-    make_ticket,
-    parse_turn,
-    replay,
-)
+from environments.messages import Call, MalformedCall, parse_turn
+from environments.support_desk.simulator import INTENTS, TOOLS, Ticket, make_ticket, replay
 from rewards.registry import load
 
 

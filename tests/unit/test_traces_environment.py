@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from environments import EnvironmentConfigError, build
-from environments.traces import snapshot_hash, write_snapshot
+from environments.snapshot import snapshot_hash, write_snapshot
 from trainer.driver.offline import TraceLayoutError, lay_out
 
 

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from environments.base import Episode, Message, Step, Task
-from trainer.actors.engines import Engine
 from trainer.chat import reply_ids
+from trainer.engines import Engine
 from trainer.types import Completion, SamplingParams
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from trainer.actors.deepspeed_rank import DeepSpeedRank, MicroBatch
-from trainer.actors.head import contiguous_head_input
 from trainer.actors.lora import merged_state_dict, tied_copies, with_lora
 from trainer.algorithms import build_algorithm
 from trainer.algorithms.losses import aggregate, k3_kl, token_logprobs_and_entropy
+from trainer.engines.head import contiguous_head_input
 from trainer.types import PolicyBatch, StepCounts, TokenBatch
 
 

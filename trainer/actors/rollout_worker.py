@@ -12,9 +12,9 @@ import torch
 
 from environments.base import Task
 from trainer.actors.affinity import pin_to_core
-from trainer.actors.engines import build_engine
 from trainer.actors.episodes import run_episodes
 from trainer.chat import format_prompt
+from trainer.engines import build_engine
 from trainer.types import Sample, SamplingParams
 
 

@@ -2,7 +2,7 @@
 
 1. The deployed legacy agent answers 2,000 simulated customers; each conversation is logged
    through `POST /v1/traces` as a deployment would log it (no outcome), then each outcome
-   arrives on its own (`POST /v1/traces/{id}/outcome`) — `environments.support_desk.production`.
+   arrives on its own (`POST /v1/traces/{id}/outcome`) — `demos.production`.
 2. A job clones the logging agent from those traces (supervised on every trace, mistakes and all:
    the warm start every method below starts from).
 3. From that clone, one job each of `offline_pg`, `kto` and `filtered_sft`, trained only on the
@@ -10,8 +10,8 @@
 4. A table of held-out resolution, escalation and violation rates on the simulator's 200 eval
    tickets: the logging agent itself (scripted), the clone, and the three methods.
 
-    python -m service.demo_traces                       # configs/support_desk_traces.toml
-    python -m service.demo_traces --steps 300 --lr 2e-4
+    python -m demos.traces                       # configs/support_desk_traces.toml
+    python -m demos.traces --steps 300 --lr 2e-4
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 
+from demos.legacy_agent import Mistakes, legacy_turns
+from demos.production import production_log, send
+from demos.support_desk import ROOT, serving
 from environments import build as build_environment
-from environments.support_desk.legacy import Mistakes, legacy_turns
-from environments.support_desk.production import production_log, send
 from environments.support_desk.simulator import make_ticket, replay
-from service.demo import ROOT, serving
 
 METHODS = {
     "offline_pg": {"type": "offline_pg", "behaviour": "base", "is_cap": 2.0},

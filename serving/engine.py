@@ -10,8 +10,8 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trainer.actors.engines import build_engine
 from trainer.chat import format_prompt
+from trainer.engines import build_engine
 from trainer.types import Completion, SamplingParams
 
 

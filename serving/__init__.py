@@ -1,6 +1,6 @@
 """Serving a deployment over the OpenAI chat-completions API, and logging what it says.
 
-`python -m trainer.serving support-agent` (or `flywheel serve-model support-agent`) asks the
+`python -m serving support-agent` (or `flywheel serve-model support-agent`) asks the
 control plane which model version the deployment serves, loads it into a generation engine (the
 HF loop, or vLLM: the rollout workers' own engines) and answers `POST /v1/chat/completions` as
 OpenAI does, with token logprobs: a client written for OpenAI works by changing its base URL.

@@ -1,6 +1,6 @@
-"""`python -m trainer.serving DEPLOYMENT`: serve a deployment over the OpenAI API (see the package).
+"""`python -m serving DEPLOYMENT`: serve a deployment over the OpenAI API (see the package).
 
-    FLYWHEEL_URL=http://127.0.0.1:8000 FLYWHEEL_API_KEY=fw_... python -m trainer.serving support-agent --port 8100
+    FLYWHEEL_URL=http://127.0.0.1:8000 FLYWHEEL_API_KEY=fw_... python -m serving support-agent --port 8100
     # then, with any OpenAI client: base_url="http://127.0.0.1:8100/v1"
 """
 
@@ -11,7 +11,7 @@ import os
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m trainer.serving", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("deployment")
     p.add_argument("--host", default="127.0.0.1")
@@ -26,7 +26,7 @@ def main() -> None:
     a = p.parse_args()
     import uvicorn
 
-    from trainer.serving.app import ServingConfig, create_app
+    from serving.app import ServingConfig, create_app
 
     config = ServingConfig(a.deployment, os.environ.get("FLYWHEEL_URL", "http://127.0.0.1:8000"),
                            os.environ["FLYWHEEL_API_KEY"], a.engine, a.dtype, a.poll_s, a.idle_close_s,

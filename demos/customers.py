@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
+from environments.messages import message_text
 from environments.support_desk.simulator import make_ticket, replay
-from environments.traces import message_text
 
 
 @dataclass

@@ -1,29 +1,14 @@
-"""Generation engines, owned by the rollout workers (one per worker actor).
-
-An engine turns prompt token ids into sampled completions with the per-token log-probabilities
-of the distribution it sampled from (after temperature and top-p), and takes new weights in
-place. `HFEngine` (a `transformers` model and its KV cache) runs on CPU or GPU; `VLLMEngine`
-(`vllm_engine.py`) is the same three methods over vLLM.
-"""
+"""The HF engine: batched sampling on a `transformers` model and its KV cache, on CPU or GPU
+(the toy-model fallback to vLLM, and the engine whose logprobs the tests hold the learner to)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 import torch
 
-from trainer.actors.head import contiguous_head_input
+from trainer.engines.head import contiguous_head_input
 from trainer.types import Completion, SamplingParams
-
-
-class Engine(Protocol):
-    def generate(self, prompts_ids: list[list[int]], n: int, sampling: SamplingParams,
-                 seed: int) -> list[list[Completion]]: ...
-
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
-
-    def tokenizer(self) -> Any: ...
 
 
 class HFEngine:
@@ -122,17 +107,3 @@ def processed_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -
     outside = (probs.cumsum(-1) - probs) >= top_p
     sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits).log_softmax(-1)
-
-
-ENGINES = ("hf", "vllm")
-
-
-def build_engine(name: str, model_path: str, dtype: str, vllm: dict | None = None) -> Engine:
-    """The engine `rollout.engine` names; `vllm` holds `rollout.vllm`'s settings."""
-    if name == "hf":
-        return HFEngine(model_path, dtype)
-    if name == "vllm":
-        from trainer.actors.vllm_engine import VLLMEngine  # vLLM is imported here only
-
-        return VLLMEngine(model_path, dtype, **(vllm or {}))
-    raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")

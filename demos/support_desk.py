@@ -5,8 +5,8 @@ itself), makes a team and an API key, submits the support-desk job (warm start, 
 REST, follows it with a progress bar, and prints the before/after evaluation on held-out tickets
 and where the model, the checkpoints and the wandb run are. The service stops at the end.
 
-    python -m service.demo configs/support_desk.toml
-    python -m service.demo configs/support_desk.toml --set rollout.engine=vllm
+    python -m demos.support_desk configs/support_desk.toml
+    python -m demos.support_desk configs/support_desk.toml --set rollout.engine=vllm
 """
 
 from __future__ import annotations
@@ -22,24 +22,10 @@ from pathlib import Path
 
 import httpx
 
+from service.client import wait_ready
 from service.jobs.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
-    """Until `url` answers 200; exits naming `what` if its process ends or the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with code {proc.returncode} while starting")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{what} at {url} was not ready after {timeout_s:.0f} s")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from trainer.serving.tools import as_model_text
+from serving.tools import as_model_text
 
 LOGGED_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 

@@ -20,9 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.serving.conversations import Conversation, TraceSink
-from trainer.serving.engine import ServedModel
-from trainer.serving.tools import as_model_text, reply_message
+from serving.conversations import Conversation, TraceSink
+from serving.engine import ServedModel
+from serving.tools import as_model_text, reply_message
 from trainer.types import SamplingParams
 
 

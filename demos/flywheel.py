@@ -13,8 +13,8 @@ deliberately worse candidate (trained on the escalated conversations only) is pu
 It prints a table per round (version, conversations, production resolved / escalated / violation,
 gate verdict) and writes `flywheel.png` (production resolution per round) into the state folder.
 
-    python -m service.demo_flywheel                          # 2 rounds of 800 conversations
-    python -m service.demo_flywheel --rounds 3 --conversations 400
+    python -m demos.flywheel                          # 2 rounds of 800 conversations
+    python -m demos.flywheel --rounds 3 --conversations 400
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import httpx
 
-from environments.support_desk.customers import rates, serve_customers
-from service.client import check
-from service.demo import ROOT, serving, wait_ready
-from service.demo_traces import run_job
+from demos.customers import rates, serve_customers
+from demos.support_desk import ROOT, serving
+from demos.traces import run_job
+from service.client import check, wait_ready
 from service.jobs.launcher import free_port
 
 PRODUCTION_SEEDS = 5_000_000

@@ -4,7 +4,7 @@ The conversations are real episodes — every tool result and customer answer co
 simulator — written as chat-format JSONL (`{"messages": [...], "outcome": ...}`) for the warm
 start. The mistakes make the warm-started model imperfect, so RL has something real to fix.
 
-    python -m environments.support_desk.legacy runs/demos.jsonl --count 800 --refund-outside-window 0.5
+    python -m demos.legacy_agent runs/demos.jsonl --count 800 --refund-outside-window 0.5
 """
 
 from __future__ import annotations

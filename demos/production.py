@@ -7,9 +7,9 @@ version, and no outcome. The outcomes follow in a second pass, one `POST
 /v1/traces/{id}/outcome` each, as resolution is known hours after the chat. What is logged is
 all a job learns from: training never calls the simulator.
 
-    python -m environments.support_desk.production --count 2000 --url $FLYWHEEL_URL --key $FLYWHEEL_API_KEY
-    python -m environments.support_desk.production --count 2000 --out logs.jsonl   # for `flywheel traces import`
-    python -m environments.support_desk.production --count 200 --agent-model runs/desk-model --out logs.jsonl
+    python -m demos.production --count 2000 --url $FLYWHEEL_URL --key $FLYWHEEL_API_KEY
+    python -m demos.production --count 2000 --out logs.jsonl   # for `flywheel traces import`
+    python -m demos.production --count 200 --agent-model runs/desk-model --out logs.jsonl
 """
 
 from __future__ import annotations
@@ -21,15 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from environments.support_desk.legacy import Mistakes, legacy_turns
-from environments.support_desk.simulator import (
-    SYSTEM_PROMPT,
-    Call,
-    MalformedCall,
-    make_ticket,
-    parse_turn,
-    replay,
-)
+from demos.legacy_agent import Mistakes, legacy_turns
+from environments.messages import Call, MalformedCall, parse_turn
+from environments.support_desk.simulator import SYSTEM_PROMPT, make_ticket, replay
 
 PRODUCTION_SEED_OFFSET = 7_000_000
 """Ticket seeds of the production log: disjoint from the environment's train and eval tickets and
@@ -147,7 +141,7 @@ def main() -> None:
         p.error("give either --url (with --key) or --out")
     agent_model = None
     if a.agent_model:
-        from environments.support_desk.model_agent import ModelAgent
+        from demos.model_agent import ModelAgent
 
         agent_model = ModelAgent(a.agent_model, a.temperature, seed=a.seed)
     name = a.agent_name or (Path(a.agent_model).name if a.agent_model else "legacy-agent")

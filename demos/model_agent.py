@@ -1,7 +1,7 @@
 """A model folder deployed as the support agent: it samples each turn of a production conversation
 and keeps what a deployment logs with it, the sampled token ids and their logprobs (so
 `offline_pg` can weigh the traces by pi / pi_behaviour as logged). Used by
-`python -m environments.support_desk.production --agent-model FOLDER`.
+`python -m demos.production --agent-model FOLDER`.
 """
 
 from __future__ import annotations

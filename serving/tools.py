@@ -14,8 +14,7 @@ import json
 import uuid
 from typing import Any
 
-from environments.support_desk.simulator import Call, MalformedCall, parse_turn
-from environments.traces import message_text
+from environments.messages import Call, MalformedCall, message_text, parse_turn
 
 TOOL_FORMATS = ("none", "call")
 

@@ -12,8 +12,8 @@ reward exists, through the service.
 4. The outcome model's held-out measures, the true held-out rates before and after, and the gap
    over the run.
 
-    python -m service.demo_outcome_model
-    python -m service.demo_outcome_model --classifier-steps 200 --steps 60
+    python -m demos.outcome_model
+    python -m demos.outcome_model --classifier-steps 200 --steps 60
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import httpx
 
-from environments.support_desk.legacy import Mistakes
-from environments.support_desk.production import production_log, send
-from service.demo import ROOT, serving
-from service.demo_traces import RATES, run_job
+from demos.legacy_agent import Mistakes
+from demos.production import production_log, send
+from demos.support_desk import ROOT, serving
+from demos.traces import RATES, run_job
 
 TRUE_RESOLUTION = {"name": "resolution", "weight": 0.0,
                    "config": {"resolved": 1.0, "escalated": 0.0, "violation": 0.0, "unfinished": 0.0}}

@@ -1,0 +1,1 @@
+"""Demo drivers (`make demo*`) and the support desk's data generators; nothing imports them."""
