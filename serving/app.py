@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from serving.conversations import Conversation, TraceSink
 from serving.engine import ServedModel
 from serving.tools import as_model_text, reply_message
 from trainer.types import SamplingParams
+
+log = logging.getLogger("flywheel.serving")
 
 
 @dataclass
@@ -103,9 +106,9 @@ class Server:
                     loaded = await ServedModel.load(version, path, self.config.engine, self.config.dtype)
                     self.retiring.append(self.current)
                     self.current, self.swaps = loaded, self.swaps + 1
-                    print(f"now serving {version} ({path}); {len(self.retiring)} version(s) finishing", flush=True)
+                    log.info("now serving %s (%s); %d version(s) finishing", version, path, len(self.retiring))
             except (httpx.HTTPError, RuntimeError) as exc:
-                print(f"could not follow the deployment: {exc}", flush=True)
+                log.warning("could not follow the deployment: %s", exc)
             self.retire()
 
     def retire(self) -> None:
@@ -242,7 +245,7 @@ def create_app(config: ServingConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         version, path = await server.deployed_version()
         server.current = await ServedModel.load(version, path, config.engine, config.dtype)
-        print(f"serving {config.deployment!r}: {version} ({path})", flush=True)
+        log.info("serving %r: %s (%s)", config.deployment, version, path)
         tasks = [asyncio.create_task(server.follow()), asyncio.create_task(server.close_idle())]
         yield
         for t in tasks:

@@ -10,6 +10,7 @@ stored once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from datetime import UTC, datetime
 import httpx
 
 from serving.tools import as_model_text
+
+log = logging.getLogger("flywheel.serving")
 
 LOGGED_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
@@ -85,7 +88,7 @@ class TraceSink:
             try:
                 r = self._client.post("/v1/traces", json={"traces": batch})
             except httpx.TransportError as exc:
-                print(f"trace delivery failed ({exc}); retrying in {backoff:.1f} s", flush=True)
+                log.warning("trace delivery failed (%s); retrying in %.1f s", exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -94,7 +97,7 @@ class TraceSink:
                 backoff = min(backoff * 2, 30.0)
                 continue
             if r.status_code >= 400:
-                print(f"the control plane refused {len(batch)} traces: {r.status_code} {r.text[:500]}", flush=True)
+                log.error("the control plane refused %d traces: %s %s", len(batch), r.status_code, r.text[:500])
                 self.refused += len(batch)
             else:
                 self.delivered += len(batch)

@@ -4,7 +4,8 @@ labelled traces, measured on the held-out ones, and exported for the `outcome_mo
 
     split the traces → encode them → each step: the next batch, one optimizer step → measure → export
 
-It runs in the driver like `trainer.loop.train`, with the same checkpoints (DeepSpeed's, and the
+It runs in the driver like `trainer.loop.train`, in the same harness (`trainer.driver.harness`:
+start, failure and end), with the same checkpoints (DeepSpeed's, and the
 loop state: the data order is seeded, so a resumed run reads what an uninterrupted one would),
 reports and wandb run; its actors are the classifier's ranks only (`actors/classifier.py`).
 The held-out measures (AUC, expected calibration error, Brier score, accuracy) are the job's
@@ -17,16 +18,14 @@ from __future__ import annotations
 import statistics
 import time
 
-from trainer.actors.cluster import connect, get_all, start_classifiers
+from trainer.actors.cluster import get_all, start_classifiers
 from trainer.algorithms.classification import calibration, roc_auc
 from trainer.checks.preflight import preflight
 from trainer.driver import checkpoint, outcomes
 from trainer.driver.evaluation import report_evaluation
+from trainer.driver.harness import RunResult, job_run
 from trainer.driver.outcomes import Labelled
-from trainer.driver.reporting import NullReporter
 from trainer.driver.sampler import TaskSampler
-from trainer.driver.tracking import Tracker
-from trainer.loop import RunResult, finish
 from trainer.spec import JobSpec
 
 
@@ -56,38 +55,29 @@ def measure(actors, rows: list[Labelled]) -> tuple[dict[str, float], list[dict]]
     return metrics, reliability["bins"]
 
 
-def fit(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=None) -> RunResult:
+def fit(spec: JobSpec, stop_after: int | None = None, echo=None, reporter=None) -> RunResult:
     """Fit (or resume fitting) the outcome model to `schedule.steps`; `stop_after` ends it early."""
     from transformers import AutoTokenizer
 
-    reporter = reporter or NullReporter()
     algorithm = spec.algorithm
     env = preflight(spec)  # also refuses traces the classifier cannot be fitted or measured on
     train_rows, held_rows = outcomes.split(list(env.tasks("train")), algorithm)
     tokenizer = AutoTokenizer.from_pretrained(spec.model.path)
     train_set = outcomes.encode(tokenizer, train_rows, algorithm.max_tokens)
     held_set = outcomes.encode(tokenizer, held_rows, algorithm.max_tokens)
-    echo(f"outcome model of {algorithm.label!r} in {algorithm.positive}: {len(train_set)} traces to learn from "
-         f"({statistics.fmean(r.positive for r in train_set):.1%} positive), {len(held_set)} held out")
-    ckpt_dir = spec.run_dir / "checkpoints"
-    resume = checkpoint.latest(ckpt_dir)
-    connect()
-    actors = start_classifiers(spec)
-    tracker = None
-    try:
-        state = resume[1] if resume else checkpoint.LoopState(0, 0, 0, spec.schedule.seed)
+    with job_run(spec, start_classifiers, reporter, echo) as (run, actors):
+        run.echo(f"outcome model of {algorithm.label!r} in {algorithm.positive}: {len(train_set)} traces to learn "
+                 f"from ({statistics.fmean(r.positive for r in train_set):.1%} positive), {len(held_set)} held out")
+        state, resume = run.state, run.resume
         sampler = TaskSampler(train_set, state.seed, state.data_epoch, state.data_cursor)
         if resume:
-            checkpoint.restore(actors.ranks, ckpt_dir, resume[0])
-            echo(f"resumed from {ckpt_dir / resume[0]} at step {state.step + 1}")
-        tracker = Tracker(spec.logging, spec.run_dir, spec.name, spec.model_dump(), state.step)
-        reporter.send("started", f"fitting the outcome model from step {state.step + 1}", {"wandb": tracker.location})
-        evaluations: dict[str, dict[str, float]] = {}
+            checkpoint.restore(actors.ranks, run.checkpoint_dir, resume[0])
+            run.echo(f"resumed from {run.checkpoint_dir / resume[0]} at step {state.step + 1}")
+        tracker = run.start(f"fitting the outcome model from step {state.step + 1}")
         if not resume and spec.schedule.eval_before_after:
-            evaluations["before"] = measure(actors, held_set)[0]
-            report_evaluation("before", 0, evaluations["before"], tracker, reporter, echo)
+            run.evaluations["before"] = measure(actors, held_set)[0]
+            report_evaluation("before", 0, run.evaluations["before"], tracker, run.reporter, run.echo)
         n, last = spec.rollout.prompts_per_step, min(spec.schedule.steps, stop_after or spec.schedule.steps)
-        history = []
         for step in range(state.step + 1, last + 1):
             t0 = time.perf_counter()
             batch = sampler.next(n)                                                   # the next traces
@@ -100,35 +90,23 @@ def fit(spec: JobSpec, stop_after: int | None = None, echo=print, reporter=None)
                        "time/step": time.perf_counter() - t0}
             if spec.schedule.eval_interval and step % spec.schedule.eval_interval == 0 and step != spec.schedule.steps:
                 metrics.update(measure(actors, held_set)[0])                          # held-out, on the way
-            tracker.log(metrics, step)
-            history.append(metrics)
             line = (f"step {step}/{spec.schedule.steps} | loss {metrics['loss']:.4f} | accuracy "
                     f"{metrics['accuracy']:.1%} | {metrics['time/step']:.2f} s"
                     + (f" | held-out auc {metrics['eval/auc']:.3f}" if "eval/auc" in metrics else ""))
-            echo(line)
-            reporter.send("step", line, {"step": step, "metrics": metrics})
-            interval = spec.schedule.checkpoint_interval
-            if (interval and step % interval == 0) or step == last:
-                path = checkpoint.save(actors.ranks, ckpt_dir, checkpoint.LoopState(step, sampler.epoch, sampler.cursor,
-                                                                                   state.seed))
-                reporter.send("checkpoint", f"checkpoint at step {step}", {"step": step, "path": str(path)})
+            run.step_done(step, metrics, line)
+            if run.checkpoint_due(step, last):
+                run.checkpointed(step, checkpoint.save(actors.ranks, run.checkpoint_dir, checkpoint.LoopState(
+                    step, sampler.epoch, sampler.cursor, state.seed)))
             state.step = step
         export_dir = None
         if state.step >= spec.schedule.steps:
             metrics, bins = measure(actors, held_set)                                 # measure, export
-            evaluations["after"] = metrics
-            report_evaluation("after", state.step, metrics, tracker, reporter, echo)
+            run.evaluations["after"] = metrics
+            report_evaluation("after", state.step, metrics, tracker, run.reporter, run.echo)
             export_dir = spec.run_dir / "model"
             meta = {"label": algorithm.label, "positive": algorithm.positive, "max_tokens": algorithm.max_tokens,
                     "base_model": spec.model.path, "steps": state.step,
                     "traces": {"train": len(train_set), "heldout": len(held_set)},
                     "heldout": {k.removeprefix("eval/"): v for k, v in metrics.items()}, "calibration": bins}
             get_all([c.export.remote(str(export_dir), meta) for c in actors.ranks])
-        return finish(spec, state.step, export_dir, tracker, reporter, history, evaluations)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.finish(exit_code=1)
-        reporter.send("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        actors.shutdown()
+        return run.finish(export_dir)

@@ -11,6 +11,7 @@ plane may restart it from its checkpoint, `schedule.max_restarts`), 1 for any ot
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -18,6 +19,14 @@ from trainer.spec import SpecError, load_spec, parse_overrides
 
 EXIT_CLUSTER_FAILURE = 3
 CLUSTER_FAILURE = "the cluster failed under the run"
+log = logging.getLogger("flywheel.trainer")
+
+
+def configure_logging(job: str) -> None:
+    """The driver's log: time, level and the job on every line (the control plane keeps its tail
+    as a failed job's error)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format=f"%(asctime)s %(levelname)s {job} %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-url", default=None, help="control plane to report to (token: $FLYWHEEL_REPORT_TOKEN)")
     parser.add_argument("--job-id", default=None, help="the control plane's id of this job")
     args = parser.parse_args(argv)
+    configure_logging(args.job_id or os.path.basename(args.config))
     try:
         spec = load_spec(args.config, parse_overrides(args.set))
     except SpecError as exc:
-        print(exc, file=sys.stderr)
+        log.error("%s", exc)
         return 2
     if spec.algorithm.fits_classifier:  # heavy imports only once the spec is known to be good
         from trainer.outcome_model import fit as train
@@ -55,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(spec, stop_after=args.stop_after, reporter=reporter)
     except SpecError as exc:
-        print(str(exc).replace("invalid spec", f"invalid {args.config}", 1), file=sys.stderr)
+        log.error("%s", str(exc).replace("invalid spec", f"invalid {args.config}", 1))
         return 2
     except cluster_failures as exc:
-        print(f"{CLUSTER_FAILURE}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        log.error("%s: %s: %s", CLUSTER_FAILURE, type(exc).__name__, exc)
         return EXIT_CLUSTER_FAILURE
     finally:
         if reporter is not None:

@@ -112,3 +112,49 @@ class ValueBatch(TokenBatch):
 
     old_values_B_T: list[list[float]] = field(default_factory=list)
     returns_B_T: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class PolicyStepStats:
+    """One learner rank's sums over one optimizer step of the policy; `combine` adds the ranks up
+    and `metrics` turns the total into the step's logged figures (per token where it is a rate)."""
+
+    loss: float = 0.0
+    tokens: float = 0.0
+    """Tokens in the loss (the mask's count)."""
+    clipped_tokens: float = 0.0
+    kl_sum: float = 0.0
+    entropy_sum: float = 0.0
+    mismatch_sum: float = 0.0
+    """|log p_rollout - log p_old| summed over the sampled tokens: the rollout-learner mismatch."""
+    mismatch_max: float = 0.0
+    tis_capped: float = 0.0
+    """Tokens whose truncated-importance-sampling weight hit its cap."""
+    is_weight_sum: float = 0.0
+    is_weight_min: float = float("inf")
+    is_weight_max: float = 0.0
+    grad_norm: float = 0.0
+    """The global gradient norm (the same on every rank)."""
+
+    @staticmethod
+    def combine(ranks: list[PolicyStepStats]) -> PolicyStepStats:
+        return PolicyStepStats(
+            loss=sum(r.loss for r in ranks), tokens=sum(r.tokens for r in ranks),
+            clipped_tokens=sum(r.clipped_tokens for r in ranks), kl_sum=sum(r.kl_sum for r in ranks),
+            entropy_sum=sum(r.entropy_sum for r in ranks), mismatch_sum=sum(r.mismatch_sum for r in ranks),
+            mismatch_max=max(r.mismatch_max for r in ranks), tis_capped=sum(r.tis_capped for r in ranks),
+            is_weight_sum=sum(r.is_weight_sum for r in ranks),
+            is_weight_min=min((r.is_weight_min for r in ranks if r.tokens), default=1.0),
+            is_weight_max=max(r.is_weight_max for r in ranks), grad_norm=ranks[0].grad_norm)
+
+    def metrics(self) -> dict[str, float]:
+        """The loss, the share of tokens clipped, KL and entropy per token, and the rollout-learner
+        mismatch (mean and max) with the share of tokens whose TIS weight was capped."""
+        tokens = max(self.tokens, 1.0)
+        return {"loss": self.loss, "clip_frac": self.clipped_tokens / tokens,
+                "kl": self.kl_sum / tokens, "entropy": self.entropy_sum / tokens,
+                "mismatch/logprob_diff_mean": self.mismatch_sum / tokens,
+                "mismatch/logprob_diff_max": self.mismatch_max,
+                "mismatch/tis_capped_frac": self.tis_capped / tokens,
+                "is_weight/mean": self.is_weight_sum / tokens,
+                "is_weight/min": self.is_weight_min, "is_weight/max": self.is_weight_max}

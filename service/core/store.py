@@ -109,6 +109,11 @@ class Job(Base):
     traces_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """A job on the traces environment: the content hash of the snapshot its selection was frozen into."""
     traces_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    traces_snapshot: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    """That snapshot's file, which the job's checks and its trainer read (the stored spec keeps the
+    selection as the client sent it)."""
+    export_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    """The folder the trainer declared it exported the model to (its `finished` report)."""
     created_at: Mapped[datetime] = mapped_column(default=now, index=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)

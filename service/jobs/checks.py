@@ -15,7 +15,6 @@ field and the module or file the check was on.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from service.core.errors import ApiError
 from service.core.store import new_id
 from trainer.spec import SpecError
+from trainer.spec.checks import CheckProgress, CheckRequest, CheckResult
 
 POLL_S = 0.1
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "MISSING"}
@@ -46,7 +46,7 @@ class ClusterChecks:
                            "or reward runs in progress; retry when one has finished", None,
                            headers={"Retry-After": str(max(1, round(timeout_s / 10)))})
 
-    async def run(self, request: dict[str, Any], timeout_s: float, team: str) -> dict[str, Any]:
+    async def run(self, request: CheckRequest, timeout_s: float, team: str) -> dict[str, Any]:
         """The check's answer. Raises SpecError (bad fields) or ApiError (anything else; 429 when
         `team` already has `per_team` checks running or waiting)."""
         self.admit(team, timeout_s)
@@ -56,20 +56,20 @@ class ClusterChecks:
                 folder = (self.work_dir / new_id("check")).resolve()
                 folder.mkdir(parents=True)
                 try:
-                    (folder / "request.json").write_text(json.dumps(request))
+                    (folder / "request.json").write_text(request.model_dump_json())
                     result = await self._await(folder, timeout_s)
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
         finally:
             self._in_flight[team] -= 1
-        if "spec_errors" in result:
-            raise SpecError(result["spec_errors"])
-        if "error" in result:
-            e = result["error"]
-            raise ApiError(e["status"], e["code"], e["message"], e.get("field"))
-        return result
+        if result.spec_errors is not None:
+            raise SpecError([e.model_dump() for e in result.spec_errors])
+        if result.error is not None:
+            e = result.error
+            raise ApiError(e.status, e.code, e.message, e.field)
+        return result.answer()
 
-    async def _await(self, folder: Path, timeout_s: float) -> dict[str, Any]:
+    async def _await(self, folder: Path, timeout_s: float) -> CheckResult:
         ray_id = await asyncio.to_thread(self.launcher.submit_check, folder)
         deadline = time.monotonic() + timeout_s
         while (status := await asyncio.to_thread(self.launcher.status, ray_id)).state not in TERMINAL:
@@ -82,13 +82,13 @@ class ClusterChecks:
             logs = await asyncio.to_thread(self.launcher.logs_tail, ray_id)
             raise ApiError(502, "check_failed", f"the checks ended ({status.state.lower()}) without an answer: "
                            f"{status.message}\n{logs}".strip())
-        return json.loads(result_file.read_text())
+        return CheckResult.model_validate_json(result_file.read_text())
 
     @staticmethod
     def _timed_out(folder: Path, timeout_s: float) -> ApiError:
         try:
-            on = json.loads((folder / "progress.json").read_text())
+            on = CheckProgress.model_validate_json((folder / "progress.json").read_text())
         except (OSError, ValueError):
-            on = {"field": None, "what": "starting"}
-        return ApiError(422, "check_timeout", f"{on['field'] or 'the checks'}: {on['what']} did not finish within "
-                        f"the checks' time limit of {timeout_s:g} s", on["field"])
+            on = CheckProgress(field=None, what="starting")
+        return ApiError(422, "check_timeout", f"{on.field or 'the checks'}: {on.what} did not finish within "
+                        f"the checks' time limit of {timeout_s:g} s", on.field)

@@ -11,21 +11,28 @@ from service.core.errors import ApiError
 from service.core.states import LIVE, JobState, check_transition
 from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric, Team, new_id, now
 from service.models import registry
+from service.traces import snapshot
 from trainer.spec import JobSpec
+from trainer.spec.reports import (
+    CheckpointReport,
+    EvaluationReport,
+    FinishedReport,
+    Report,
+    StartedReport,
+    StepReport,
+)
 
 
 def _same_request(job: Job, spec: JobSpec, priority: int) -> bool:
-    return _as_sent(job.spec) == _as_sent(spec.model_dump(mode="json")) and job.priority == priority
+    def as_sent(s: dict) -> dict:  # the stored spec has the job's run folder
+        return {k: v for k, v in s.items() if k != "output_dir"}
+
+    return as_sent(job.spec) == as_sent(spec.model_dump(mode="json")) and job.priority == priority
 
 
-def _as_sent(spec: dict) -> dict:
-    """A spec as its client wrote it: no run folder, and a trace selection without the snapshot
-    the service froze it into."""
-    out = {k: v for k, v in spec.items() if k != "output_dir"}
-    config = out.get("environment", {}).get("config", {})
-    if isinstance(config, dict) and "select" in config:
-        out["environment"] = {**out["environment"], "config": {k: v for k, v in config.items() if k != "snapshot"}}
-    return out
+def launch_spec(job: Job) -> dict:
+    """The spec the job's trainer runs: as stored, with the trace snapshot it was frozen into."""
+    return snapshot.attach(job.spec, job.traces_snapshot)
 
 
 def replay(session: Session, team: Team, spec: JobSpec, priority: int, idempotency_key: str | None) -> Job | None:
@@ -47,10 +54,10 @@ def _replay(existing: Job, spec: JobSpec, priority: int) -> tuple[Job, bool]:
 
 
 def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, priority: int = 0,
-               idempotency_key: str | None = None, traces: tuple[str, int] | None = None) -> tuple[Job, bool]:
+               idempotency_key: str | None = None, traces: snapshot.Frozen | None = None) -> tuple[Job, bool]:
     """Persist a queued job; with an Idempotency-Key already used by this team for the same
-    request, return that job (for another request, a 422). `traces`: the hash and count of the
-    trace snapshot the job's selection was frozen into."""
+    request, return that job (for another request, a 422). `traces`: the trace snapshot the job's
+    selection was frozen into."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key))
         if existing is not None:
@@ -59,8 +66,8 @@ def create_job(session: Session, team: Team, spec: JobSpec, runs_dir: str, prior
     spec = spec.model_copy(update={"output_dir": f"{runs_dir}/{job_id}"})
     job = Job(id=job_id, team_id=team.id, name=spec.name, state=JobState.queued, priority=priority,
               spec=spec.model_dump(mode="json"), idempotency_key=idempotency_key, steps=spec.schedule.steps,
-              run_dir=str(spec.run_dir), traces_sha256=traces[0] if traces else None,
-              traces_count=traces[1] if traces else None)
+              run_dir=str(spec.run_dir), traces_sha256=traces.sha256 if traces else None,
+              traces_count=traces.count if traces else None, traces_snapshot=traces.path if traces else None)
     session.add(job)
     add_event(session, job, "queued", f"job {job.name!r} queued")
     try:
@@ -125,26 +132,31 @@ def live_count(session: Session, team_id: str) -> int:
         Job.team_id == team_id, Job.state.in_([s.value for s in LIVE])))
 
 
-def record_report(session: Session, job: Job, seq: int, kind: str, message: str, data: dict | None) -> bool:
-    """Store one trainer report; False when this sequence number was stored already (a retry)."""
-    if session.scalar(select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.seq == seq)) is not None:
+def record_report(session: Session, job: Job, report: Report) -> bool:
+    """Store one trainer report; False when its sequence number was stored already (a retry)."""
+    if session.scalar(select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.seq == report.seq)) is not None:
         return False
-    session.add(JobEvent(job_id=job.id, seq=seq, kind=kind, message=message, data=data))
-    data = data or {}
-    if kind == "started" and job.state == JobState.starting:
-        transition(session, job, JobState.running, "trainer started")
-        job.wandb = data.get("wandb")
-    elif kind == "step":
-        job.step = int(data["step"])
-        job.latest_metrics = data["metrics"]
-        session.add(JobMetric(job_id=job.id, step=job.step, values=data["metrics"]))
-    elif kind == "evaluation":
-        # A new dict, so the JSON column sees the change.
-        job.result = {**(job.result or {}), data["phase"]: {"step": int(data["step"]), "metrics": data["metrics"]}}
-    elif kind == "checkpoint":
-        session.add(JobCheckpoint(job_id=job.id, step=int(data["step"]), path=data["path"]))
-    elif kind == "finished":
-        job.wandb = data.get("wandb") or job.wandb
+    data = report.model_dump(mode="json")["data"]
+    session.add(JobEvent(job_id=job.id, seq=report.seq, kind=report.kind, message=report.message, data=data))
+    match report:
+        case StartedReport():
+            if job.state == JobState.starting:
+                transition(session, job, JobState.running, "trainer started")
+                job.wandb = report.data.wandb if report.data else None
+        case StepReport():
+            job.step = report.data.step
+            job.latest_metrics = report.data.metrics
+            session.add(JobMetric(job_id=job.id, step=job.step, values=report.data.metrics))
+        case EvaluationReport():
+            # A new dict, so the JSON column sees the change.
+            job.result = {**(job.result or {}),
+                          report.data.phase: {"step": report.data.step, "metrics": report.data.metrics}}
+        case CheckpointReport():
+            session.add(JobCheckpoint(job_id=job.id, step=report.data.step, path=report.data.path))
+        case FinishedReport():
+            if report.data is not None:
+                job.wandb = report.data.wandb or job.wandb
+                job.export_dir = report.data.export_dir
     try:
         session.commit()
     except IntegrityError:  # a concurrent retry of the same report

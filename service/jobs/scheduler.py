@@ -159,7 +159,7 @@ class Scheduler:
                 logic.transition(session, job, JobState.starting, "submitted to Ray")
                 session.commit()
                 try:
-                    job.ray_job_id = self.launcher.submit(job.id, job.spec, self.settings.report_url, token)
+                    job.ray_job_id = self.launcher.submit(job.id, logic.launch_spec(job), self.settings.report_url, token)
                 except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the service goes on
                     logic.transition(session, job, JobState.failed, "launch failed", error=f"launch failed: {exc}")
                 session.commit()

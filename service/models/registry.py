@@ -13,15 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.store import Job, JobEvent, ModelEvaluation, ModelVersion
+from service.core.store import Job, ModelEvaluation, ModelVersion
 from trainer.spec import JobSpec
-
-
-def _export_dir(session: Session, job: Job) -> str | None:
-    """Where the trainer said it exported the model (its `finished` report)."""
-    data = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.kind == "finished")
-                           .order_by(JobEvent.id.desc())).first()
-    return (data or {}).get("export_dir")
 
 
 def _files(folder: Path) -> list[dict[str, Any]]:
@@ -54,7 +47,7 @@ def register(session: Session, job: Job) -> ModelVersion | None:
     existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
     if existing is not None:
         return existing
-    export = _export_dir(session, job)
+    export = job.export_dir
     if not export:
         return None
     spec = JobSpec.model_validate(job.spec)

@@ -1,15 +1,18 @@
 """A job's trace selection, frozen: when a job on the `traces` environment is submitted with a
 `select`, the team's matching traces are written to a Parquet snapshot named by its content hash
-(`RUNS_DIR/traces/SHA256.parquet`), the spec is given its path, and the hash and count are
-recorded on the job. The run, its checks and its restarts read that file, so traces that arrive
-later never change it, and two jobs on the same selection of the same traces share one file."""
+(`RUNS_DIR/traces/SHA256.parquet`), and its path, hash and count are recorded on the job beside
+the spec, which stays as the client sent it. The job's checks and its runs (restarts too) get the
+spec with that path as `environment.config.snapshot` (`attach`), so traces that arrive later
+never change it, and two jobs on the same selection of the same traces share one file."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -24,16 +27,34 @@ from trainer.spec import JobSpec
 FIELD = "environment.config.select"
 
 
+@dataclass(frozen=True)
+class Frozen:
+    """A selection frozen into a snapshot: its file, content hash and how many traces it holds."""
+
+    path: str
+    sha256: str
+    count: int
+
+
+def attach(spec: dict[str, Any], frozen_path: str | None) -> dict[str, Any]:
+    """The spec as the checks and the trainer read it: with the snapshot its selection was frozen
+    into (a spec with no frozen selection is returned as it is)."""
+    if frozen_path is None:
+        return spec
+    environment = spec["environment"]
+    return {**spec, "environment": {**environment, "config": {**environment["config"], "snapshot": frozen_path}}}
+
+
 def folder(runs_dir: str | Path) -> Path:
     return Path(runs_dir).resolve() / "traces"
 
 
-def freeze(session: Session, team_id: str, spec: JobSpec, runs_dir: str | Path) -> tuple[JobSpec, tuple[str, int] | None]:
-    """The spec naming the snapshot its selection was frozen into, and (hash, count); the spec
-    unchanged, and None, when it selects no traces."""
+def freeze(session: Session, team_id: str, spec: JobSpec, runs_dir: str | Path) -> Frozen | None:
+    """The snapshot the spec's selection of the team's traces was frozen into; None when the spec
+    selects no traces."""
     config = spec.environment.config
     if spec.environment.name != "traces" or "select" not in config:
-        return spec, None
+        return None
     if config.get("snapshot") is not None:
         raise ApiError(422, "invalid_spec", "environment.config.snapshot: give `select` (the service freezes the "
                                             "selection into a snapshot) or `snapshot` (a file), not both",
@@ -57,8 +78,7 @@ def freeze(session: Session, team_id: str, spec: JobSpec, runs_dir: str | Path) 
         os.replace(scratch, path)
     finally:
         Path(scratch).unlink(missing_ok=True)
-    environment = {**spec.environment.model_dump(mode="json"), "config": {**config, "snapshot": str(path)}}
-    return spec.model_copy(update={"environment": type(spec.environment).model_validate(environment)}), (digest, count)
+    return Frozen(str(path), digest, count)
 
 
 def _selected(session: Session, team_id: str, s: TraceSelection) -> Iterator[dict]:

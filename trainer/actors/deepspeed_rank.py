@@ -11,9 +11,9 @@ T = S - 1 - first, and row r's completion starts at column n_p(r) - 1 - first.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +23,8 @@ import torch
 
 from trainer.actors.affinity import pin_to_core
 from trainer.types import TokenBatch
+
+log = logging.getLogger("flywheel.learner")
 
 
 @dataclass
@@ -90,7 +92,7 @@ def clear_stale_build_locks() -> None:
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
     for lock in root.glob("*/*/lock") if root.exists() else []:
         if time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
-            print(f"removing a stale build lock left by a killed process: {lock}", file=sys.stderr)
+            log.warning("removing a stale build lock left by a killed process: %s", lock)
             lock.unlink(missing_ok=True)
 
 

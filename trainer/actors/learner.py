@@ -18,7 +18,7 @@ from trainer.actors.lora import merged_state_dict, tied_copies, with_lora
 from trainer.algorithms import build_algorithm
 from trainer.algorithms.losses import aggregate, k3_kl, token_logprobs_and_entropy
 from trainer.engines.head import contiguous_head_input
-from trainer.types import PolicyBatch, StepCounts, TokenBatch
+from trainer.types import PolicyBatch, PolicyStepStats, StepCounts, TokenBatch
 
 
 class Learner(DeepSpeedRank):
@@ -60,12 +60,10 @@ class Learner(DeepSpeedRank):
                 return self._logprobs(self.engine, mb)[0]
         return self._logprobs(self.reference, mb)[0]
 
-    def train_step(self, batch: PolicyBatch, counts: StepCounts) -> dict[str, float]:
+    def train_step(self, batch: PolicyBatch, counts: StepCounts) -> PolicyStepStats:
         """Forward/backward every micro-batch, then one optimizer step. Returns summed statistics."""
         algo = self.algorithm
-        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "tokens": 0.0,
-                 "mismatch_sum": 0.0, "mismatch_max": 0.0, "tis_capped": 0.0, "is_weight_sum": 0.0,
-                 "is_weight_min": float("inf"), "is_weight_max": 0.0}
+        stats = PolicyStepStats()
         self._set_lr(self.rl_lr)
         self.engine.train()
         for mb in self._micro_batches(batch):
@@ -84,26 +82,26 @@ class Learner(DeepSpeedRank):
             if algo.kl_in_loss:
                 kl_B_T = k3_kl(logprobs_B_T, ref_B_T)
                 per_token = per_token + algo.config.kl_beta * kl_B_T
-                stats["kl_sum"] += float((kl_B_T.detach() * mb.mask_B_T).sum())
+                stats.kl_sum += float((kl_B_T.detach() * mb.mask_B_T).sum())
             loss = algo.reduce(per_token, mb.mask_B_T, counts.num_sequences, counts.num_tokens)
             self._backward(loss)
             with torch.no_grad():
-                stats["loss"] += float(loss)
-                stats["clipped_tokens"] += float((clipped & mb.mask_B_T).sum())
-                stats["entropy_sum"] += float((entropy_B_T * mb.mask_B_T).sum())
-                stats["tokens"] += float(mb.mask_B_T.sum())
+                stats.loss += float(loss)
+                stats.clipped_tokens += float((clipped & mb.mask_B_T).sum())
+                stats.entropy_sum += float((entropy_B_T * mb.mask_B_T).sum())
+                stats.tokens += float(mb.mask_B_T.sum())
                 gap_B_T = (old_B_T - rollout_B_T).abs() * mb.mask_B_T
-                stats["mismatch_sum"] += float(gap_B_T.sum())
-                stats["mismatch_max"] = max(stats["mismatch_max"], float(gap_B_T.max()))
+                stats.mismatch_sum += float(gap_B_T.sum())
+                stats.mismatch_max = max(stats.mismatch_max, float(gap_B_T.max()))
                 if algo.config.tis_cap is not None:
-                    stats["tis_capped"] += float(((weight_B_T >= algo.config.tis_cap) & mb.mask_B_T).sum())
+                    stats.tis_capped += float(((weight_B_T >= algo.config.tis_cap) & mb.mask_B_T).sum())
                 if mb.mask_B_T.any():
                     kept = weight_B_T[mb.mask_B_T]
-                    stats["is_weight_sum"] += float(kept.sum())
-                    stats["is_weight_min"] = min(stats["is_weight_min"], float(kept.min()))
-                    stats["is_weight_max"] = max(stats["is_weight_max"], float(kept.max()))
+                    stats.is_weight_sum += float(kept.sum())
+                    stats.is_weight_min = min(stats.is_weight_min, float(kept.min()))
+                    stats.is_weight_max = max(stats.is_weight_max, float(kept.max()))
         grad_norm = self.engine.get_global_grad_norm()
-        stats["grad_norm"] = float(grad_norm) if grad_norm is not None else 0.0
+        stats.grad_norm = float(grad_norm) if grad_norm is not None else 0.0
         return stats
 
     @torch.no_grad()

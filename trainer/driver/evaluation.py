@@ -9,6 +9,7 @@ from trainer.actors.cluster import JobActors
 from trainer.driver.metrics import reward_gaps
 from trainer.driver.rollout import gather_scores, rollout
 from trainer.spec import JobSpec
+from trainer.spec.reports import EvaluationData, EvaluationReport
 from trainer.types import Sample
 
 EVAL_SEED = 10**9
@@ -55,4 +56,5 @@ def report_evaluation(phase: str, step: int, metrics: dict[str, float], tracker,
     the job's result."""
     tracker.log({f"{k}_{phase}" if k.startswith("eval/") else k: v for k, v in metrics.items()}, step)
     echo(f"evaluation ({phase}, step {step}): " + ", ".join(f"{k[5:]} {v:.3g}" for k, v in metrics.items()))
-    reporter.send("evaluation", f"evaluation {phase} at step {step}", {"phase": phase, "step": step, "metrics": metrics})
+    reporter.send(EvaluationReport(message=f"evaluation {phase} at step {step}",
+                                   data=EvaluationData(phase=phase, step=step, metrics=metrics)))

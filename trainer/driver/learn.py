@@ -26,7 +26,7 @@ from trainer.algorithms import Algorithm
 from trainer.algorithms.advantages import whiten
 from trainer.algorithms.ppo import AdaptiveKL, gae, token_rewards
 from trainer.spec import JobSpec
-from trainer.types import PolicyBatch, Sample, StepCounts, TokenBatch, ValueBatch
+from trainer.types import PolicyBatch, PolicyStepStats, Sample, StepCounts, TokenBatch, ValueBatch
 
 
 def loss_masks(samples: list[Sample], failed: list[bool], drop_truncated: bool) -> list[list[bool]]:
@@ -56,24 +56,8 @@ def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, advanta
                         rollout_logprobs_B_T=[s.completion.logprobs for s in samples],
                         advantages_B=advantages_P_G.flatten().tolist())
     counts = StepCounts(num_sequences=sum(any(m) for m in masks), num_tokens=sum(map(sum, masks)))
-    per_rank_stats = sharded_call(actors.learners, "train_step", batch, counts)
-    return {**_policy_stats(per_rank_stats), "grad_norm": per_rank_stats[0]["grad_norm"]}
-
-
-def _policy_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
-    """One optimizer step's statistics from every rank's sums: the loss, the share of tokens
-    clipped, KL and entropy per token, and the rollout-learner mismatch |log p_rollout - log p_old|
-    on the sampled tokens (its mean and max) with the share of tokens whose TIS weight was capped."""
-    summed = {k: sum(s[k] for s in per_rank) for k in per_rank[0]}
-    tokens = max(summed["tokens"], 1.0)
-    return {"loss": summed["loss"], "clip_frac": summed["clipped_tokens"] / tokens,
-            "kl": summed["kl_sum"] / tokens, "entropy": summed["entropy_sum"] / tokens,
-            "mismatch/logprob_diff_mean": summed["mismatch_sum"] / tokens,
-            "mismatch/logprob_diff_max": max(s["mismatch_max"] for s in per_rank),
-            "mismatch/tis_capped_frac": summed["tis_capped"] / tokens,
-            "is_weight/mean": summed["is_weight_sum"] / tokens,
-            "is_weight/min": min((s["is_weight_min"] for s in per_rank if s["tokens"]), default=1.0),
-            "is_weight/max": max(s["is_weight_max"] for s in per_rank)}
+    stats = PolicyStepStats.combine(sharded_call(actors.learners, "train_step", batch, counts))
+    return {**stats.metrics(), "grad_norm": stats.grad_norm}
 
 
 def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, algorithm: Algorithm,
@@ -115,14 +99,14 @@ def ppo_learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, alg
             counts = StepCounts(sum(any(masks[i]) for i in rows), sum(sum(masks[i]) for i in rows))
             pol = sharded_call(actors.learners, "train_step", policy.rows(rows), counts)
             val = sharded_call(actors.critics, "train_step", critic.rows(rows), counts)
-            for k, v in _policy_stats(pol).items():
+            for k, v in PolicyStepStats.combine(pol).metrics().items():
                 stats.setdefault(k, []).append(v)
             stats["value_loss"].append(sum(s["value_loss"] for s in val))
             stats["value_clip_frac"].append(sum(s["value_clipped"] for s in val) / max(sum(s["tokens"] for s in val), 1))
     out = {k: statistics.fmean(v) for k, v in stats.items()}
     out["mismatch/logprob_diff_max"] = max(stats["mismatch/logprob_diff_max"])
     out["is_weight/min"], out["is_weight/max"] = min(stats["is_weight/min"]), max(stats["is_weight/max"])
-    out["grad_norm"] = pol[0]["grad_norm"]
+    out["grad_norm"] = pol[0].grad_norm
     out["value/mean"] = float((values * mask).sum() / mask.sum().clamp(min=1))
     if kl is not None:
         out["kl"] = float(kl.sum() / mask.sum().clamp(min=1))  # the penalty's own k1 estimate

@@ -16,6 +16,7 @@ before training and kept in the run folder, so a resumed run uses the same ones.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -26,11 +27,12 @@ from rewards import ScoreResult
 from trainer.actors.cluster import JobActors
 from trainer.algorithms import Algorithm
 from trainer.chat import format_prompt, reply_ids
-from trainer.driver.learn import _policy_stats, loss_masks, sharded_call
+from trainer.driver.learn import loss_masks, sharded_call
 from trainer.driver.sampler import TaskSampler
 from trainer.spec import JobSpec
-from trainer.types import Completion, PolicyBatch, Sample, StepCounts, TokenBatch
+from trainer.types import Completion, PolicyBatch, PolicyStepStats, Sample, StepCounts, TokenBatch
 
+log = logging.getLogger("flywheel.trainer")
 
 class TraceLayoutError(ValueError):
     """A trace that cannot be learned from as logged; the message names the trace and the message."""
@@ -103,7 +105,7 @@ def prepare(tasks: list[Task], spec: JobSpec) -> dict[str, Sample]:
     return {s.task.id: s for s in samples}
 
 
-def behaviour_from_base(actors: JobActors, traces: dict[str, Sample], spec: JobSpec, echo) -> None:
+def behaviour_from_base(actors: JobActors, traces: dict[str, Sample], spec: JobSpec) -> None:
     """With `algorithm.behaviour = "base"`: every trace's behaviour logprobs are the policy's before
     the first step (after any warm start), computed once and kept in the run folder, so a resumed
     run uses the same ones."""
@@ -112,7 +114,7 @@ def behaviour_from_base(actors: JobActors, traces: dict[str, Sample], spec: JobS
     samples = list(traces.values())
     cached = spec.run_dir / "behaviour_logprobs.pkl"
     if not cached.exists():
-        echo(f"scoring {len(samples)} traces under the starting policy (algorithm.behaviour = \"base\")")
+        log.info(f"scoring {len(samples)} traces under the starting policy (algorithm.behaviour = \"base\")")
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(pickle.dumps(base_logprobs(actors, samples)))
     for s, lps in zip(samples, pickle.loads(Path(cached).read_bytes()), strict=True):
@@ -155,8 +157,8 @@ def learn(actors: JobActors, samples: list[Sample], scores: ScoreResult, algorit
                         rollout_logprobs_B_T=[s.completion.logprobs for s in samples],
                         advantages_B=advantages_B.tolist(), reference_point=z)
     counts = StepCounts(num_sequences=sum(any(m) for m in masks), num_tokens=sum(map(sum, masks)))
-    per_rank = sharded_call(actors.learners, "train_step", batch, counts)
-    stats = {**_policy_stats(per_rank), "grad_norm": per_rank[0]["grad_norm"], "traces/kept": float(keep_B.sum())}
+    step_stats = PolicyStepStats.combine(sharded_call(actors.learners, "train_step", batch, counts))
+    stats = {**step_stats.metrics(), "grad_norm": step_stats.grad_norm, "traces/kept": float(keep_B.sum())}
     if algorithm.needs_reference_point:
         stats["kto/reference_point"] = z
     if getattr(spec.algorithm, "behaviour", None) is None:  # no behaviour logprobs: nothing to compare

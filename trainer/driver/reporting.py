@@ -11,22 +11,22 @@ reports, already stored, are not sent again.
 
 from __future__ import annotations
 
+import logging
 import queue
-import sys
 import threading
 import time
-from typing import Any
 
 import httpx
 
-REPLAYED = ("step", "checkpoint")
-"""Reports a resumed run makes again for the steps it replays."""
+from trainer.spec.reports import REPLAYED, TrainerReport
+
+log = logging.getLogger("flywheel.reporting")
 
 
 class NullReporter:
     """For runs outside the service."""
 
-    def send(self, kind: str, message: str = "", data: dict[str, Any] | None = None) -> None:
+    def send(self, report: TrainerReport) -> None:
         pass
 
     def close(self, timeout_s: float = 0) -> None:
@@ -44,8 +44,8 @@ class HttpReporter:
         self._thread = threading.Thread(target=self._run, daemon=True, name="flywheel-reporter")
         self._thread.start()
 
-    def send(self, kind: str, message: str = "", data: dict[str, Any] | None = None) -> None:
-        self.pending.put({"kind": kind, "message": message, "data": data})
+    def send(self, report: TrainerReport) -> None:
+        self.pending.put(report.model_dump(mode="json"))
 
     def _retrying(self, call):
         while True:
@@ -55,8 +55,8 @@ class HttpReporter:
                     return response.json()
                 if response.status_code < 500:
                     # Refused for good (a retry cannot help): say so and go on with the next report.
-                    print(f"flywheel: the control plane refused a report ({response.status_code}): "
-                          f"{response.text[:300]}", file=sys.stderr, flush=True)
+                    log.error("the control plane refused a report (%s): %s", response.status_code,
+                              response.text[:300])
                     return None
             except httpx.TransportError:
                 pass

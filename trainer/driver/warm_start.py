@@ -17,6 +17,7 @@ from trainer.chat import format_prompt, reply_ids
 from trainer.driver.demonstrations import read_demonstrations
 from trainer.driver.rollout import split
 from trainer.spec import JobSpec
+from trainer.spec.reports import WarmStartReport
 from trainer.types import StepCounts, TokenBatch
 
 
@@ -31,7 +32,7 @@ def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, fl
     batch = spec.rollout.prompts_per_step * spec.algorithm.group_size // spec.mini_batches
     steps = max(1, round(ws.epochs * len(chats) / batch))
     order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(spec.schedule.seed)).tolist()
-    reporter.send("warm_start", f"supervised warm start: {steps} steps over {len(chats)} conversations")
+    reporter.send(WarmStartReport(message=f"supervised warm start: {steps} steps over {len(chats)} conversations"))
     t0, losses = time.perf_counter(), []
     for k in range(steps):
         rows = [encode(tok, chats[order[(k * batch + j) % len(chats)]]) for j in range(batch)]
@@ -42,8 +43,8 @@ def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, fl
         if (k + 1) % max(1, steps // 10) == 0 or k + 1 == steps:
             echo(f"warm start {k + 1}/{steps}: loss {losses[-1]:.3f}")
     seconds = time.perf_counter() - t0
-    reporter.send("warm_start", f"warm start done in {seconds:.0f} s, final loss {losses[-1]:.3f}",
-                  {"steps": steps, "loss": losses[-1], "seconds": seconds})
+    reporter.send(WarmStartReport(message=f"warm start done in {seconds:.0f} s, final loss {losses[-1]:.3f}",
+                                  data={"steps": steps, "loss": losses[-1], "seconds": seconds}))
     return {"warm_start/loss": losses[-1], "warm_start/steps": steps, "warm_start/seconds": seconds}
 
 

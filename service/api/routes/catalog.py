@@ -12,6 +12,7 @@ from rewards import available as rewards_available
 from service.api.deps import ChecksDep, TeamDep
 from service.api.schemas import ScoreRequest
 from service.core.errors import ApiError
+from trainer.spec.checks import ScoreSamplesRequest
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -28,7 +29,7 @@ async def run_reward(request: Request, name: str, body: ScoreRequest, team: Team
     the cluster."""
     if len(body.prompts) != len(body.completions):
         raise ApiError(422, "invalid_request", "prompts and completions must have the same length", "completions")
-    return await checks.run({"kind": "score", "name": name, **body.model_dump()},
+    return await checks.run(ScoreSamplesRequest(name=name, **body.model_dump()),
                             request.app.state.settings.check_timeout_s + body.timeout_s, team.id)
 
 

@@ -18,6 +18,7 @@ from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric
 from service.jobs import logic
 from service.traces import snapshot
 from trainer.spec import parse_spec
+from trainer.spec.checks import PreflightRequest
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -55,9 +56,10 @@ async def create(request: Request, response: Response, session: SessionDep, team
         response.status_code = 200
         return await run_in_threadpool(job_out, session, replay)
     # A selection of the team's traces is frozen now, so the checks read the data the job trains on.
-    valid, frozen = await run_in_threadpool(snapshot.freeze, session, team.id, valid, settings.runs_dir)
+    frozen = await run_in_threadpool(snapshot.freeze, session, team.id, valid, settings.runs_dir)
     roots = request.app.state.data_roots + ([str(snapshot.folder(settings.runs_dir))] if frozen else [])
-    await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "data_roots": roots},
+    checked = snapshot.attach(valid.model_dump(mode="json"), frozen.path if frozen else None)
+    await checks.run(PreflightRequest(spec=checked, data_roots=roots),
                      settings.check_timeout_s, team.id)
     job, created = await run_in_threadpool(logic.create_job, session, team, valid, str(settings.runs_dir),
                                            priority, idempotency_key, frozen)
@@ -77,8 +79,8 @@ async def validate(request: Request, team: TeamDep, checks: ChecksDep, spec: Spe
     settings = request.app.state.settings
     checks.admit(team.id, settings.dry_run_timeout_s if dry_run else settings.check_timeout_s)
     valid = parse_spec(spec)
-    result = await checks.run({"kind": "preflight", "spec": valid.model_dump(mode="json"), "dry_run": dry_run,
-                               "data_roots": request.app.state.data_roots},
+    result = await checks.run(PreflightRequest(spec=valid.model_dump(mode="json"), dry_run=dry_run,
+                                               data_roots=request.app.state.data_roots),
                               settings.dry_run_timeout_s if dry_run else settings.check_timeout_s, team.id)
     return {"valid": True, "spec": valid.model_dump(mode="json"), **result}
 

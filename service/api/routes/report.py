@@ -9,16 +9,16 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from service.api.deps import ReportingJobDep, SessionDep
-from service.api.schemas import Report
 from service.core.store import JobEvent
 from service.jobs import logic
+from trainer.spec.reports import Report
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/report", tags=["reporting"])
 
 
 @router.post("")
 def report(body: Report, session: SessionDep, job: ReportingJobDep) -> dict[str, Any]:
-    stored = logic.record_report(session, job, body.seq, body.kind, body.message, body.model_dump()["data"])
+    stored = logic.record_report(session, job, body)
     return {"stored": stored, "seq": body.seq}
 
 
