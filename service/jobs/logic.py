@@ -3,6 +3,8 @@ changes (checked in `service.core.states`), queue positions, recording reports."
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,6 +24,7 @@ from trainer.spec.reports import (
     StepReport,
 )
 
+log = logging.getLogger("flywheel.jobs")
 
 def _same_request(job: Job, spec: JobSpec, priority: int) -> bool:
     def as_sent(s: dict) -> dict:  # the stored spec has the job's run folder
@@ -94,6 +97,9 @@ def add_event(session: Session, job: Job, kind: str, message: str, data: dict | 
 def transition(session: Session, job: Job, target: JobState, message: str = "", error: str | None = None) -> None:
     """Move a job to `target` (checked), stamp the times, and record an event."""
     check_transition(job.state, target)
+    log.log(logging.WARNING if target == JobState.failed else logging.INFO, "job %s (team %s): %s -> %s: %s",
+            job.id, job.team_id, JobState(job.state).value, target.value,
+            message or error or "")
     job.state = target
     if target == JobState.running and job.started_at is None:
         job.started_at = now()

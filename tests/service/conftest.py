@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 from sqlalchemy import create_engine, select, text
 
 from service.core.auth import new_api_key
@@ -25,6 +26,7 @@ from service.jobs import logic
 from service.main import create_app
 from tests.conftest import ROOT
 from trainer.spec import parse_spec
+from trainer.spec.reports import Report
 
 PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")
 STORES = ["sqlite"] + (["postgres"] if PG_URL else [])
@@ -188,8 +190,8 @@ class Trainer:
             s.add(job)
             s.commit()
             if metrics is not None:
-                logic.record_report(s, job, 1, "evaluation", "", {"phase": "after", "step": 1, "metrics": metrics})
-            logic.record_report(s, job, 2, "finished", "", {"export_dir": str(export)})
+                record(s, job, {"seq": 1, "kind": "evaluation", "data": {"phase": "after", "step": 1, "metrics": metrics}})
+            record(s, job, {"seq": 2, "kind": "finished", "data": {"export_dir": str(export)}})
             logic.transition(s, job, state, f"Ray reports the job {state.value}")
             s.commit()
             return job.id
@@ -201,10 +203,15 @@ class Trainer:
             for step in (JobState.starting, JobState.running):
                 logic.transition(s, job, step)
             if metrics is not None:
-                logic.record_report(s, job, 1, "evaluation", "", {"phase": "after", "step": 0, "metrics": metrics})
-            logic.record_report(s, job, 2, "finished", "", {"export_dir": None})
+                record(s, job, {"seq": 1, "kind": "evaluation", "data": {"phase": "after", "step": 0, "metrics": metrics}})
+            record(s, job, {"seq": 2, "kind": "finished", "data": {"export_dir": None}})
             logic.transition(s, job, state, f"Ray reports the job {state.value}")
             s.commit()
+
+
+def record(session, job: Job, report: dict) -> None:
+    """Store a trainer's report (as `POST /v1/jobs/{id}/report` parses it)."""
+    logic.record_report(session, job, TypeAdapter(Report).validate_python(report))
 
 
 def rates(resolved: float, violation: float) -> dict:

@@ -51,3 +51,24 @@ def test_a_new_algorithm_is_its_object_its_spec_variant_and_one_registry_line(mo
     scores = ScoreResult([3.0, 1.0, 0.5, 0.5], {"r": [3.0, 1.0, 0.5, 0.5]}, [False, False, False, True])
     advantages_P_G = compute_advantages(samples, scores, algorithm, group_size=2, max_new_tokens=4)
     assert advantages_P_G.tolist() == [[1.0, -1.0], [0.0, 0.0]]
+
+
+def test_every_top_level_package_is_in_the_readme_layout_table():
+    """The README's layout table names every top-level folder that holds code or project files."""
+    rows = set(re.findall(r"^\| `([\w.-]+)/` \|", (ROOT / "README.md").read_text(), re.M))
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")
+               and p.name not in ("runs", "wandb", "build", "dist") and not p.name.endswith(".egg-info")
+               and any(p.iterdir())}
+    assert packages <= folders
+    assert not folders - rows, f"top-level folders missing from the README's layout table: {sorted(folders - rows)}"
+    assert not rows - folders, f"the README's layout table names folders that do not exist: {sorted(rows - folders)}"
+
+
+def test_the_loop_asks_one_question_of_the_algorithm():
+    """How a job learns is chosen in one place (`trainer/learning.py::way_of_learning`): the loop
+    and the harness never branch on what the algorithm needs."""
+    asked = re.compile(r"algorithm\.(offline|needs_critic|fits_classifier)\b")
+    for rel in ("trainer/loop.py", "trainer/driver/harness.py", "trainer/outcome_model.py"):
+        assert not asked.findall((ROOT / rel).read_text()), rel
+    assert len(asked.findall((ROOT / "trainer/learning.py").read_text())) == 2
