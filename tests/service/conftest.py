@@ -67,7 +67,15 @@ def _fresh_postgres() -> str:
     return PG_URL
 
 
-@pytest.fixture(params=STORES)
+def pytest_generate_tests(metafunc):
+    """Every test on a store runs on SQLite and, in CI, on PostgreSQL too; a test marked
+    `one_store` (a refusal that happens before the store is touched) runs on SQLite alone."""
+    if "database_url" in metafunc.fixturenames:
+        one = metafunc.definition.get_closest_marker("one_store") is not None
+        metafunc.parametrize("database_url", ["sqlite"] if one else STORES, indirect=True)
+
+
+@pytest.fixture
 def database_url(request, tmp_path) -> str:
     return _fresh_postgres() if request.param == "postgres" else f"sqlite:///{tmp_path / 'flywheel.db'}"
 

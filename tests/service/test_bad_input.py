@@ -9,12 +9,9 @@ import pytest
 from tests.conftest import DIGITS
 from tests.service.conftest import auth
 
-
-@pytest.fixture
-def database_url(tmp_path) -> str:
-    """Refusals happen before the store is touched: SQLite alone (test_jobs_api.py runs the
-    store's own behaviour on PostgreSQL too)."""
-    return f"sqlite:///{tmp_path / 'flywheel.db'}"
+# Refusals happen before the store is touched: SQLite alone (test_jobs_api.py runs the store's own
+# behaviour on PostgreSQL too).
+pytestmark = pytest.mark.one_store
 
 
 @pytest.fixture

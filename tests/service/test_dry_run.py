@@ -17,11 +17,9 @@ def spec(model, rewards, **extra) -> dict:
             "rewards": rewards, "algorithm": {"group_size": 4}, "rollout": {"max_new_tokens": 8}, **extra}
 
 
-@pytest.fixture
-def database_url(tmp_path) -> str:
-    """A dry run reads and writes nothing in the store (it runs on the cluster), so one store does:
-    each case costs its rollouts, and the store-specific SQL is covered by the other API tests."""
-    return f"sqlite:///{tmp_path / 'flywheel.db'}"
+# A dry run reads and writes nothing in the store (it runs on the cluster), so one store does: each
+# case costs its rollouts, and the store-specific SQL is covered by the other API tests.
+pytestmark = pytest.mark.one_store
 
 
 @pytest.fixture

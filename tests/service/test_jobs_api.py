@@ -82,6 +82,7 @@ def test_cancel_then_illegal_transition_is_409(client, alice, spec):
         "code": "illegal_transition", "message": "a cancelled job cannot become cancelled", "field": "state"}
 
 
+@pytest.mark.one_store  # refused (or scored) on the cluster, before the store is touched
 @pytest.mark.parametrize(("mutate", "field", "fragment"), [
     (lambda s: {**s, "rewards": [{"name": "resolvd"}]}, "rewards.0.name", "unknown reward module 'resolvd'"),
     (lambda s: {**s, "environment": {"name": "chess"}}, "environment.name", "valid names: dataset"),
@@ -98,6 +99,7 @@ def test_bad_specs_get_the_json_error_naming_the_field(client, alice, spec, muta
     assert err["code"] == "invalid_spec" and err["field"] == field and fragment in err["message"]
 
 
+@pytest.mark.one_store  # refused (or scored) on the cluster, before the store is touched
 def test_paths_outside_the_data_roots_get_one_answer_whatever_exists(client, alice, spec):
     """/etc/passwd exists and /etc/no-such-file does not: the service says the same of both, and
     the same for a model folder, demonstrations or a reward file out there."""
@@ -114,6 +116,7 @@ def test_paths_outside_the_data_roots_get_one_answer_whatever_exists(client, ali
     assert fields == {"model.path", "rewards.0.import_path"}
 
 
+@pytest.mark.one_store  # refused (or scored) on the cluster, before the store is touched
 def test_malformed_json_is_a_422_naming_the_body(client, alice):
     r = client.post("/v1/jobs", content=b'{"model": ', headers={**alice, "Content-Type": "application/json"})
     assert r.status_code == 422
@@ -195,6 +198,7 @@ def test_events_stream_as_server_sent_events_until_the_job_ends(client, alice, s
     assert data[1]["message"] == "cancelled by the team"
 
 
+@pytest.mark.one_store  # refused (or scored) on the cluster, before the store is touched
 def test_catalog_and_scoring_a_reward(client, alice):
     assert "regex" in client.get("/v1/rewards", headers=alice).json()["rewards"]
     assert "dataset" in client.get("/v1/environments", headers=alice).json()["environments"]

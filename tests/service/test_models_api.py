@@ -131,6 +131,7 @@ def test_a_gate_with_held_out_tasks_evaluates_the_models_that_lack_them(client, 
     assert r.status_code == 422 and r.json()["error"]["field"].startswith("gate.evaluation"), r.json()
 
 
+@pytest.mark.one_store  # refused before the store is touched
 @pytest.mark.parametrize(("body", "field"), [
     ({"name": "has space"}, "name"),
     ({"name": "a", "model": "job_123"}, "model"),

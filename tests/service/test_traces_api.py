@@ -181,6 +181,7 @@ def test_a_bad_trace_names_its_field_and_its_batch_writes_nothing(alice, path, v
     assert alice.get("/v1/traces/kept").json()["outcome"] == {"outcome": "resolved"}
 
 
+@pytest.mark.one_store  # refused before the store is touched
 def test_size_limits_answer_413_naming_the_field(database_url, tmp_path, ray_head, teams):
     from fastapi.testclient import TestClient
 

@@ -96,6 +96,14 @@ def clear_stale_build_locks() -> None:
             lock.unlink(missing_ok=True)
 
 
+def build_cpu_ops() -> None:
+    """JIT-build DeepSpeed's CPU shared-memory op now, once, in one process (`make install` does):
+    otherwise the first ranks of the first job build it, each waiting on the other's lock."""
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load()
+
+
 def deepspeed_engine(model, learner, lr: float, gas: int, dtype: str):
     """A DeepSpeed engine with AdamW and the learner spec's ZeRO stage, micro-batch and clipping."""
     import deepspeed
