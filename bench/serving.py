@@ -43,6 +43,7 @@ def register(database_url: str, model: str) -> None:
     from service.core.store import Job, Team, make_engine, session_factory
     from service.jobs import logic
     from trainer.spec import parse_spec
+    from trainer.spec.reports import FinishedData, NumberedFinished
 
     with session_factory(make_engine(database_url))() as s:
         team = s.scalar(select(Team))
@@ -51,7 +52,7 @@ def register(database_url: str, model: str) -> None:
         job = Job(team_id=team.id, name="bench", state=JobState.running, spec=spec, steps=1)
         s.add(job)
         s.commit()
-        logic.record_report(s, job, 1, "finished", "", {"export_dir": str(Path(model).resolve())})
+        logic.record_report(s, job, NumberedFinished(seq=1, data=FinishedData(export_dir=str(Path(model).resolve()))))
         logic.transition(s, job, JobState.succeeded)
         s.commit()
 

@@ -105,7 +105,9 @@ class LocalRayHead:
                                + (done.stderr or done.stdout).strip())
 
     def processes(self) -> list[psutil.Process]:
-        """This head's processes: those started with our temp directory, and their children."""
+        """This head's live processes: those started with our temp directory, and their children.
+        A zombie (ended, not yet reaped by a parent that is not ours) is not one of them: there is
+        nothing left of it to stop."""
         marker = str(self.temp_dir)
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
@@ -116,7 +118,7 @@ class LocalRayHead:
                 except psutil.NoSuchProcess:
                     continue
         found.pop(os.getpid(), None)
-        return list(found.values())
+        return [p for p in found.values() if _alive(p)]
 
     def stop(self, grace_s: float = 15.0) -> None:
         """End this head's processes (SIGTERM, then SIGKILL after `grace_s`); no other Ray's."""
@@ -136,6 +138,13 @@ class LocalRayHead:
 
 AGENT_WAIT_S = 60
 CHECK_NICENESS = 10
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _agent_not_up(exc: BaseException) -> bool:
