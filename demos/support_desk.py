@@ -43,10 +43,13 @@ def serving(state_dir: str) -> Iterator[tuple[str, str, str]]:
            "FLYWHEEL_SCHEDULER_INTERVAL_S": "1", "FLYWHEEL_RAY_DASHBOARD_PORT": str(free_port())}
     env.pop("FLYWHEEL_RAY_ADDRESS", None)  # embedded defaults: the service starts its own Ray head
     key = create_team_with_key(database_url, f"demo-{int(time.time())}", quota=1)
-    print(f"starting the service on {url} (store {database_url}, local Ray head)", flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT, env=env)
+    print(f"starting the service on {url} (store {database_url}, local Ray head; its log: "
+          f"{state / 'service.log'})", flush=True)
+    log = open(state / "service.log", "a")  # the service's own log, closed with it below
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=log, stderr=log)
     try:
-        wait_ready(f"{url}/readyz", server, "the service")
+        wait_ready(f"{url}/readyz", server, f"the service (its log: {state / 'service.log'})")
         os.environ.update(FLYWHEEL_URL=url, FLYWHEEL_API_KEY=key)
         yield url, key, database_url
     finally:
@@ -55,6 +58,7 @@ def serving(state_dir: str) -> Iterator[tuple[str, str, str]]:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
 
 
 def main() -> None:
