@@ -117,20 +117,25 @@ class TracesEnvironment:
 
     @classmethod
     def from_config(cls, config: TracesConfig, build: Callable[[str, dict], Environment]) -> TracesEnvironment:
-        """The registry's constructor: the held-out environment `eval` names is built by `build`."""
-        if config.eval is not None and config.eval.name == "traces":
-            raise EnvironmentConfigError("eval.name", "the held-out environment must be one that rolls "
-                                                      "out (support_desk, dataset), not traces")
-        return cls(config, build(config.eval.name, config.eval.config) if config.eval is not None else None)
+        """The registry's constructor: `build` (the registry's) builds the held-out environment."""
+        return cls(config, build)
 
-    def __init__(self, config: TracesConfig, held_out: Environment | None = None):
+    def __init__(self, config: TracesConfig, build: Callable[[str, dict], Environment] | None = None):
         self.config = config
         if config.snapshot is None:
             raise EnvironmentConfigError("snapshot", "expected a snapshot file; a `select` alone is frozen into one "
                                                      "by the control plane when the job is submitted (outside it, "
                                                      "write one with `flywheel traces export -o FILE.parquet`)")
         self._train = read_snapshot(config.snapshot, config.require_outcome, config.tool_calls)
-        self._eval = held_out
+        self._eval = None
+        if config.eval is not None:
+            if config.eval.name == "traces":
+                raise EnvironmentConfigError("eval.name", "the held-out environment must be one that rolls "
+                                                          "out (support_desk, dataset), not traces")
+            if build is None:
+                raise EnvironmentConfigError("eval", "a held-out environment is built by the registry "
+                                                     "(environments.build)")
+            self._eval = build(config.eval.name, config.eval.config)
         self.rollouts = self._eval
         """The environment whose episodes the rollout workers run: the held-out one (traces are
         never rolled out)."""

@@ -50,11 +50,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
           stop_jobs: Annotated[bool, typer.Option("--stop-jobs", help="on exit, cancel live jobs and stop the "
                                                   "local Ray head (by default they run on)")] = False) -> None:
     """Run the API (and, with no FLYWHEEL_RAY_ADDRESS, a local Ray head)."""
-    import logging
-
     import uvicorn
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
 
     from service.core.config import Settings
     from service.main import create_app

@@ -11,6 +11,7 @@ This process never imports torch or a team's code: what needs them runs on the c
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +32,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Every API process logs (each of `flywheel serve --workers N`'s too); a no-op where the root
+    # logger has a handler already.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

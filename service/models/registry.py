@@ -47,6 +47,9 @@ def register(session: Session, job: Job) -> ModelVersion | None:
     existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job.id))
     if existing is not None:
         return existing
+    # The trainer's reports arrive in other sessions: the job object may have been read before its
+    # `finished` (or last `evaluation`) report was stored.
+    session.refresh(job, ["export_dir", "result"])
     export = job.export_dir
     if not export:
         return None

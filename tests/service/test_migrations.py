@@ -1,5 +1,5 @@
 """Migration 0009 moves what older rows kept elsewhere into the job's own columns: the export
-folder from the `finished` event, the trace snapshot out of the stored spec."""
+folder from the `finished` event, the trace snapshot out of the stored spec; and back."""
 
 import json
 from pathlib import Path
@@ -38,3 +38,7 @@ def test_0009_moves_the_export_and_the_snapshot_into_the_jobs_columns(tmp_path):
         assert moved.traces_snapshot == "/runs/traces/abc.parquet" and other.traces_snapshot is None
         assert moved.spec["environment"]["config"] == {"select": {"model": "m"}}
         assert other.spec == {"name": "u", "environment": {"name": "dataset"}}
+    command.downgrade(cfg, "0008")  # and back: the snapshot returns into the spec
+    with sa.create_engine(url).connect() as conn:
+        spec_back = json.loads(conn.execute(sa.text("SELECT spec FROM jobs WHERE id = 'job_1'")).scalar())
+    assert spec_back["environment"]["config"] == {"select": {"model": "m"}, "snapshot": "/runs/traces/abc.parquet"}

@@ -27,6 +27,7 @@ from trainer.driver.reporting import NullReporter
 from trainer.driver.tracking import Tracker
 from trainer.spec import JobSpec
 from trainer.spec.reports import (
+    MAX_MESSAGE,
     CheckpointData,
     CheckpointReport,
     FailedReport,
@@ -101,7 +102,10 @@ class JobRun:
     def failed(self, exc: BaseException) -> None:
         if self.tracker is not None:
             self.tracker.finish(exit_code=1)
-        self.reporter.send(FailedReport(message=f"{type(exc).__name__}: {exc}"))
+        message = f"{type(exc).__name__}: {exc}"
+        if len(message) > MAX_MESSAGE:  # the report's own limit: cut, so the report never replaces the error
+            message = message[:MAX_MESSAGE - 20] + " … (cut)"
+        self.reporter.send(FailedReport(message=message))
 
 
 @contextmanager

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 INT32 = 2**31 - 1
 """Bound on a sequence number or step: the store keeps them as 32-bit integers."""
 StepNumber = Annotated[int, Field(ge=0, le=INT32)]
+MAX_MESSAGE = 100_000
+"""Characters of a report's message."""
 Metrics = dict[str, Any]
 
 
@@ -59,7 +61,7 @@ class FinishedData(RunData):
 
 
 class _Report(_Strict):
-    message: str = Field(default="", max_length=100_000)
+    message: str = Field(default="", max_length=MAX_MESSAGE)
 
 
 class StartedReport(_Report):

@@ -36,6 +36,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    bind = op.get_bind()
+    jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("spec", sa.JSON),
+                    sa.column("traces_snapshot", sa.String))
+    for job_id, spec, path in bind.execute(sa.select(jobs.c.id, jobs.c.spec, jobs.c.traces_snapshot)
+                                           .where(jobs.c.traces_snapshot.is_not(None))).all():
+        environment = spec["environment"]  # the snapshot goes back into the spec, where 0008 read it
+        config = {**environment["config"], "snapshot": path}
+        bind.execute(jobs.update().where(jobs.c.id == job_id)
+                     .values(spec={**spec, "environment": {**environment, "config": config}}))
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("traces_snapshot")
         batch.drop_column("export_dir")
