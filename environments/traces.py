@@ -120,7 +120,7 @@ class TracesEnvironment:
         """The registry's constructor: `build` (the registry's) builds the held-out environment."""
         return cls(config, build)
 
-    def __init__(self, config: TracesConfig, build: Callable[[str, dict], Environment] | None = None):
+    def __init__(self, config: TracesConfig, build: Callable[[str, dict], Environment]):
         self.config = config
         if config.snapshot is None:
             raise EnvironmentConfigError("snapshot", "expected a snapshot file; a `select` alone is frozen into one "
@@ -132,9 +132,6 @@ class TracesEnvironment:
             if config.eval.name == "traces":
                 raise EnvironmentConfigError("eval.name", "the held-out environment must be one that rolls "
                                                           "out (support_desk, dataset), not traces")
-            if build is None:
-                raise EnvironmentConfigError("eval", "a held-out environment is built by the registry "
-                                                     "(environments.build)")
             self._eval = build(config.eval.name, config.eval.config)
         self.rollouts = self._eval
         """The environment whose episodes the rollout workers run: the held-out one (traces are

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 
@@ -25,8 +24,11 @@ def main() -> None:
     p.add_argument("--tool-format", choices=("none", "call"), default="none",
                    help="call: answer replies written as name(arg=value) lines as OpenAI tool calls")
     a = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {a.deployment} %(name)s: %(message)s")
     import uvicorn
+
+    from trainer.logs import configure_logging
+
+    configure_logging(a.deployment)
 
     from serving.app import ServingConfig, create_app
 

@@ -18,6 +18,7 @@ Each also says which batches are in flight (`in_flight`), for the checkpoint to 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -79,10 +80,10 @@ class OnPolicy:
 
 
 class WithCritic(OnPolicy):
-    def __init__(self, actors: JobActors, sampler: TaskSampler, spec: JobSpec, algorithm: Algorithm,
-                 in_flight: list[Batch]):
-        super().__init__(actors, sampler, spec, algorithm, in_flight)
-        self.kl_control = algorithm.kl_controller()
+    @functools.cached_property
+    def kl_control(self):
+        """PPO's adaptive KL coefficient (none for a fixed one): its state lasts the run."""
+        return self.algorithm.kl_controller()
 
     def learn(self, batch: Collected) -> tuple[dict[str, float], torch.Tensor]:
         return ppo_learn(self.actors, batch.samples, batch.scores, self.algorithm, self.kl_control, self.spec,

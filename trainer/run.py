@@ -15,18 +15,12 @@ import logging
 import os
 import sys
 
+from trainer.logs import configure_logging
 from trainer.spec import SpecError, load_spec, parse_overrides
 
 EXIT_CLUSTER_FAILURE = 3
 CLUSTER_FAILURE = "the cluster failed under the run"
 log = logging.getLogger("flywheel.trainer")
-
-
-def configure_logging(job: str) -> None:
-    """The driver's log: time, level and the job on every line (the control plane keeps its tail
-    as a failed job's error)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                        format=f"%(asctime)s %(levelname)s {job} %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-url", default=None, help="control plane to report to (token: $FLYWHEEL_REPORT_TOKEN)")
     parser.add_argument("--job-id", default=None, help="the control plane's id of this job")
     args = parser.parse_args(argv)
-    configure_logging(args.job_id or os.path.basename(args.config))
+    configure_logging(args.job_id or os.path.basename(args.config))  # the control plane keeps the log's tail
     try:
         spec = load_spec(args.config, parse_overrides(args.set))
     except SpecError as exc:

@@ -6,8 +6,10 @@ old model), rollback, events for every change and refusal, team isolation, and b
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from service.core.states import JobState
+from service.core.store import ModelVersion
 from tests.service.conftest import DESK, Trainer, auth, rates
 
 
@@ -190,3 +192,38 @@ def test_the_cli_lists_models_and_shows_why_the_gate_refused(tmp_path, ray_head)
         assert "refused" in flywheel("deploy", "events", "support-agent").stdout
     finally:
         service.stop()
+
+
+def test_a_job_read_before_its_finished_report_still_registers_its_export(tmp_path, tiny_model):
+    """The scheduler reads a live job, the trainer's `finished` report lands in another session,
+    then the scheduler marks the job succeeded: the export it declared is registered."""
+    from pydantic import TypeAdapter
+
+    from service.core.store import Job, Team, make_engine, migrate, session_factory
+    from service.jobs import logic
+    from trainer.spec import parse_spec
+    from trainer.spec.reports import Report
+
+    url = f"sqlite:///{tmp_path / 'fw.db'}"
+    migrate(url)
+    sessions = session_factory(make_engine(url))
+    export = tmp_path / "model"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    with sessions() as s:
+        team = Team(name="alice", max_concurrent_jobs=1)
+        s.add(team)
+        s.flush()
+        spec = parse_spec({"name": "j", "model": {"path": str(tiny_model)}, "environment": {"name": "support_desk"},
+                           "rewards": [{"name": "resolution"}]}).model_dump(mode="json")
+        s.add(Job(id="job_1", team_id=team.id, name="j", state=JobState.running, spec=spec, steps=1))
+        s.commit()
+    with sessions() as scheduler:
+        job = scheduler.get(Job, "job_1")                        # read at the start of a tick
+        with sessions() as reporting:                              # the trainer reports meanwhile
+            logic.record_report(reporting, reporting.get(Job, "job_1"), TypeAdapter(Report).validate_python(
+                {"seq": 1, "kind": "finished", "data": {"export_dir": str(export)}}))
+        logic.transition(scheduler, job, JobState.succeeded, "Ray reports the job succeeded")
+        scheduler.commit()
+        model = scheduler.scalar(select(ModelVersion).where(ModelVersion.job_id == "job_1"))
+    assert model is not None and model.path == str(export.resolve())

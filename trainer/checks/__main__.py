@@ -10,13 +10,13 @@ starts it as a Ray job with a time limit and reads both files.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter
 
+from trainer.logs import configure_logging
 from trainer.spec.checks import (
     CheckError,
     CheckProgress,
@@ -79,8 +79,7 @@ def score_samples(request: ScoreSamplesRequest, progress) -> CheckResult:
 
 def main(folder: str) -> int:
     root = Path(folder)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s {root.name} %(name)s: %(message)s")
+    configure_logging(root.name)
     request = TypeAdapter(CheckRequest).validate_json((root / "request.json").read_text())
 
     def progress(field: str | None, what: str) -> None:
