@@ -68,6 +68,12 @@ class Team(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("team"))
     name: Mapped[str] = mapped_column(String(100), unique=True)
     max_concurrent_jobs: Mapped[int] = mapped_column(Integer, default=2)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Jobs the team may have waiting at once; None: the service's `max_queued_jobs_per_team`."""
+    max_trace_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Bytes of traces the team may store; None: the service's `max_trace_bytes_per_team`."""
+    trace_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """Bytes of traces the team has stored (their JSON), counted at ingest."""
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
@@ -114,6 +120,9 @@ class Job(Base):
     selection as the client sent it)."""
     export_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
     """The folder the trainer declared it exported the model to (its `finished` report)."""
+    export_files: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    """That folder's files (`name`, `bytes`, `sha256`), hashed when the report arrived, before any
+    write: registration copies them, and a deployment serves only files that match."""
     created_at: Mapped[datetime] = mapped_column(default=now, index=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -173,6 +182,19 @@ class Trace(Base):
     """When the conversation happened (the client's time, else when it arrived)."""
     received_at: Mapped[datetime] = mapped_column(default=now)
     outcome_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class TraceOutcomeChange(Base):
+    """An outcome rewritten after it was first set: who (the API key's prefix), when, and the
+    labels before and after. The trace keeps only the latest; this keeps the rest."""
+
+    __tablename__ = "trace_outcome_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trace_row_id: Mapped[int] = mapped_column(ForeignKey("traces.id"), index=True)
+    key_prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    old: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    new: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    changed_at: Mapped[datetime] = mapped_column(default=now)
 
 
 class ModelVersion(Base):
