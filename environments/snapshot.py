@@ -13,16 +13,28 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 COLUMNS = ("trace_id", "model", "model_version", "messages", "outcome", "metadata", "created_at")
 
 
 class SnapshotError(ValueError):
     """A file that is not a readable snapshot: missing, not Parquet, or without the columns."""
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once in UTC: expected a time from 0001-01-01 to 9999-12-31 UTC") from None
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""A time with its zone, kept in UTC (a time the zone pushes out of the calendar is refused)."""
 
 
 class TraceSelection(BaseModel):
@@ -35,8 +47,8 @@ class TraceSelection(BaseModel):
     outcome: list[Annotated[str, Field(max_length=300, pattern=r"^[^:]+(:[\s\S]+)?$")]] = Field(default_factory=list,
                                                                                           max_length=20)
     """`KEY:VALUE` labels every trace must have (a bare VALUE is the `outcome` label)."""
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: UtcTime | None = None
+    until: UtcTime | None = None
     limit: int | None = Field(default=None, ge=1, le=10_000_000)
     """At most this many traces, the most recent ones."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from service.api import openapi
+from service.api.bodies import BodyLimit
 from service.api.routes import catalog, deployments, health, jobs, models, report, traces
 from service.core import errors
 from service.core.config import Settings
@@ -79,46 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        paths={"/v1/traces": (settings.max_trace_batch_bytes, "FLYWHEEL_MAX_TRACE_BATCH_BYTES")})
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
-
-
-class BodyLimit:
-    """413 for a request body over the limit, whether it declares its length or streams it: the
-    body is read (up to the limit) before the app sees it, then replayed. `paths` gives some
-    exact paths a limit of their own (trace batches are larger than specs)."""
-
-    def __init__(self, app, limit: int, paths: dict[str, tuple[int, str]] | None = None):
-        self.app, self.paths = app, paths or {}
-        self.default = (limit, "FLYWHEEL_MAX_BODY_BYTES")
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            return await self.app(scope, receive, send)
-        limit, setting = self.paths.get(scope["path"], self.default)
-        too_large = errors.json_error(413, "body_too_large",
-                                      f"the request body is over the limit of {limit:,} bytes ({setting})", "body")
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await too_large(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > limit:
-                return await too_large(scope, receive, send)
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
 
 
 class RequestMetrics:

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,6 +16,8 @@ from pydantic import (
     StrictInt,
     StrictStr,
 )
+
+from environments.snapshot import UtcTime
 
 TRACE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -87,7 +88,7 @@ class TraceIn(_Closed):
     outcome: Outcome | None = None
     """Known at ingest, or later through `POST /v1/traces/{trace_id}/outcome`."""
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: AwareDatetime | None = None
+    created_at: UtcTime | None = None
     """When the conversation happened (default: when it arrives)."""
 
 

@@ -3,7 +3,9 @@ listing every bad field when a request fails validation)."""
 
 from __future__ import annotations
 
+import logging
 import re
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +16,8 @@ from starlette.routing import Match
 
 from service.core.states import IllegalTransition
 from trainer.spec import SpecError
+
+log = logging.getLogger("flywheel.api")
 
 UNION_MEMBER = re.compile(r"str|int|float|bool|none|[a-z_-]+\[.*\]|[A-Z][A-Za-z0-9]*")
 """A location part that names which member of a union pydantic tried (`str`, `list[TextPart]`,
@@ -97,6 +101,16 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:  # Starlette names only the first matching route's methods
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return JSONResponse(_body(code, str(exc.detail), None), status_code=exc.status_code, headers=headers)
+
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Nothing of the failure reaches the client (no traceback, no path): an id to quote to the
+        # operators, whose log has the rest.
+        error_id = uuid.uuid4().hex[:12]
+        log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse(_body("internal_error", f"the service failed on this request (error id {error_id}); "
+                                                    "the operators' log has the details", None), status_code=500)
 
 
 def _allowed_methods(request: Request) -> list[str]:

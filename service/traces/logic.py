@@ -211,6 +211,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
                                                "from the previous page)", "cursor") from e
 
 
+def _mean(numbers: list[float]) -> float | None:
+    """Their mean, as a JSON number: each term divided first, so no sum overflows a float."""
+    return sum(float(v) / len(numbers) for v in numbers) if numbers else None
+
+
 def stats(session: Session, team_id: str, where: TraceFilter, label: str) -> list[dict[str, Any]]:
     """Per model, version and UTC day: traces, how many carry `label`, and its value counts and
     rates (or its mean, for a number)."""
@@ -230,6 +235,6 @@ def stats(session: Session, team_id: str, where: TraceFilter, label: str) -> lis
         rows.append({"model": model, "model_version": version or None, "day": day, "traces": g["traces"],
                      "labelled": labelled, "values": dict(g["values"]),
                      "rates": {k: v / labelled for k, v in g["values"].items()},
-                     "mean": sum(g["numbers"]) / len(g["numbers"]) if g["numbers"] else None})
+                     "mean": _mean(g["numbers"])})
     return rows
 

@@ -144,3 +144,15 @@ def test_compare_to_names_another_reward_module():
     errs = fields({**BASE, "rewards": [{**two[0], "compare_to": "resolved"}, two[1]]})
     assert errs["rewards.0.compare_to"] == "'resolved' is not another of this job's reward modules; expected one of " \
                                           "['resolution']"
+
+
+def test_a_diverged_metric_is_reported_as_null_not_nan():
+    """NaN is not JSON (the control plane refuses it): a diverged loss still reaches it, as null."""
+    import json
+
+    from trainer.spec.reports import StepReport
+
+    report = StepReport(kind="step", data={"step": 3, "metrics": {"loss": float("nan"), "kl": float("inf"),
+                                                                  "nested": [1.0, float("-inf")]}})
+    assert json.loads(json.dumps(report.model_dump(mode="json"), allow_nan=False))["data"]["metrics"] == {
+        "loss": None, "kl": None, "nested": [1.0, None]}

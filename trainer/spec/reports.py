@@ -17,16 +17,30 @@ retried report keeps its number and is stored once), `kind` says what `data` hol
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 INT32 = 2**31 - 1
 """Bound on a sequence number or step: the store keeps them as 32-bit integers."""
 StepNumber = Annotated[int, Field(ge=0, le=INT32)]
 MAX_MESSAGE = 100_000
 """Characters of a report's message."""
-Metrics = dict[str, Any]
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: they are not JSON, and a diverged loss must still be reported."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+Metrics = Annotated[dict[str, Any], AfterValidator(_finite)]
 
 
 class _Strict(BaseModel):

@@ -8,8 +8,9 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import AwareDatetime, BeforeValidator, Field
+from pydantic import BeforeValidator, Field
 
+from environments.snapshot import UtcTime
 from service.api.deps import SessionDep, TeamDep
 from service.api.trace_schemas import (
     TRACE_ID,
@@ -46,7 +47,7 @@ def _strict_bool(value: object) -> object:
     return value
 
 
-Time = Annotated[AwareDatetime, BeforeValidator(_iso)]
+Time = Annotated[UtcTime, BeforeValidator(_iso)]
 Flag = Annotated[bool, BeforeValidator(_strict_bool)]
 
 
