@@ -9,6 +9,7 @@
     flywheel traces import LOGS.jsonl | export --outcome resolved | stats --model support-agent
     flywheel models list | show MODEL | import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct
     flywheel deploy create support-agent --model MODEL | promote support-agent MODEL | rollback support-agent
+    flywheel deploy keys create support-agent | list support-agent | revoke support-agent KEY_ID
     flywheel serve-model support-agent --port 8100  # the OpenAI API at http://127.0.0.1:8100/v1, logging traces
 """
 
@@ -53,12 +54,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     from service.core.config import Settings
-    from service.main import create_app
+    from service.main import create_app, uvicorn_options
 
     settings = Settings(host=host, port=port, workers=workers,
                         **({"stop_jobs_on_exit": True} if stop_jobs else {}))
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings), **uvicorn_options(settings))
     else:
         _serve_workers(settings)
 
@@ -73,7 +74,7 @@ def _serve_workers(settings) -> None:
     from service.core.store import make_engine, migrate, session_factory
     from service.jobs.launcher import LocalRayHead, RayJobsLauncher
     from service.jobs.scheduler import Scheduler
-    from service.main import PROJECT_DIR
+    from service.main import PROJECT_DIR, uvicorn_options
 
     migrate(settings.database_url)
     head = None
@@ -85,8 +86,7 @@ def _serve_workers(settings) -> None:
     metrics_dir = tempfile.TemporaryDirectory(prefix="flywheel-metrics-")  # the processes' shared counts
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
     with metrics_dir:
-        uvicorn.run("service.main:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level="warning")
+        uvicorn.run("service.main:create_app", factory=True, workers=settings.workers, **uvicorn_options(settings))
     if head is not None:
         launcher = RayJobsLauncher(head.address, PROJECT_DIR)
         Scheduler(session_factory(make_engine(settings.database_url)), launcher, settings).on_shutdown(
@@ -278,6 +278,39 @@ def serve_model(ctx: typer.Context, deployment: str) -> None:
     conversation as a trace (options: python -m serving --help). The command becomes the
     serving process (exec): the control plane's CLI never loads torch."""
     os.execv(sys.executable, [sys.executable, "-m", "serving", deployment, *ctx.args])  # its signals too
+
+
+deploy_keys = typer.Typer(help="Keys the callers of a deployment's model server present (flywheel serve-model).",
+                          no_args_is_help=True)
+deploy.add_typer(deploy_keys, name="keys")
+
+
+@deploy_keys.command("create")
+def create_deploy_key(deployment: str, name: Annotated[str, typer.Option(help="a label to recognise it by")] = ""
+                      ) -> None:
+    """Print a new key for DEPLOYMENT's callers (shown this once; stored hashed)."""
+    with client() as c:
+        created = check(c.post(f"/v1/deployments/{deployment}/keys", json={"name": name}))
+    console.print(f"{created['id']}: give callers this key (OpenAI's api_key); it is not shown again", style="dim")
+    print(created["key"])
+
+
+@deploy_keys.command("list")
+def list_deploy_keys(deployment: str) -> None:
+    with client() as c:
+        rows = check(c.get(f"/v1/deployments/{deployment}/keys"))["keys"]
+    table = Table("id", "name", "prefix", "created", "revoked", box=box.SIMPLE_HEAD, pad_edge=False)
+    for k in rows:
+        table.add_row(k["id"], k["name"], k["prefix"] + "...", k["created_at"][:19], (k["revoked_at"] or "")[:19])
+    show(table)
+
+
+@deploy_keys.command("revoke")
+def revoke_deploy_key(deployment: str, key_id: str) -> None:
+    """Revoke KEY_ID: the model server refuses it from its next poll of the deployment on."""
+    with client() as c:
+        check(c.delete(f"/v1/deployments/{deployment}/keys/{key_id}"))
+    console.print(f"revoked {key_id}")
 
 
 # ── models ─────────────────────────────────────────────────────────────────────────────────────

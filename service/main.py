@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.data_roots = [str(p.resolve()) for p in (settings.data_roots or [
         PROJECT_DIR / "runs", PROJECT_DIR / "configs", settings.runs_dir])]
     app.state.metrics = health.ServiceMetrics()
+    app.state.streams = jobs.StreamSlots(settings.max_event_streams, settings.max_event_streams_per_key)
     errors.install(app)
     for module in (jobs, traces, models, deployments, report, catalog, health):
         app.include_router(module.router)
@@ -80,6 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        paths={"/v1/traces": (settings.max_trace_batch_bytes, "FLYWHEEL_MAX_TRACE_BATCH_BYTES")})
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """How `flywheel serve` runs uvicorn: SIGTERM stops the service within `shutdown_grace_s`
+    even with event streams open (uvicorn would otherwise wait for them to end)."""
+    return {"host": settings.host, "port": settings.port, "log_level": "warning",
+            "timeout_graceful_shutdown": settings.shutdown_grace_s}
 
 
 class RequestMetrics:

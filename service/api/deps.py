@@ -29,7 +29,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _bearer(authorization: str | None) -> str:
+def bearer(authorization: str | None) -> str:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise ApiError(401, "unauthorized", "missing bearer token: send `Authorization: Bearer <key>`",
                        "Authorization")
@@ -37,7 +37,7 @@ def _bearer(authorization: str | None) -> str:
 
 
 def current_team(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Team:
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(_bearer(authorization))))
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(bearer(authorization))))
     if key is None or key.revoked:
         raise ApiError(401, "unauthorized", "unknown or revoked API key", "Authorization")
     return session.get(Team, key.team_id)
@@ -63,7 +63,7 @@ JobDep = Annotated[Job, Depends(owned_job)]
 def reporting_job(job_id: str, session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Job:
     """The job a trainer reports for, authorised by that job's own token."""
     job = session.get(Job, job_id)
-    if job is None or job.report_token_hash != hash_secret(_bearer(authorization)):
+    if job is None or job.report_token_hash != hash_secret(bearer(authorization)):
         raise ApiError(401, "unauthorized", "invalid job token", "Authorization")
     return job
 

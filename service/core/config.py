@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     """Validations, dry runs and reward runs one team may have running or waiting at once; more
     are refused with 429 and Retry-After, so one team cannot hold the others up."""
 
+    max_event_streams: int = 200
+    """Event streams (`GET /v1/jobs/{id}/events` as server-sent events) the service keeps open at
+    once; beyond it a new one is refused with 429."""
+
+    max_event_streams_per_key: int = 20
+    """Event streams one API key may keep open at once; beyond it a new one is refused with 429."""
+
+    shutdown_grace_s: float = 5.0
+    """On SIGTERM, how long open requests (event streams among them) may take to finish before
+    they are cut and the service stops."""
+
     scheduler_interval_s: float = 1.0
     """How often queued jobs are considered for launch and live jobs are checked against Ray."""
 

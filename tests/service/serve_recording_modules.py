@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from service.core.config import Settings
-from service.main import create_app
+from service.main import create_app, uvicorn_options
 
 
 def record(*_) -> None:
@@ -26,5 +26,6 @@ if __name__ == "__main__":
     port = int(sys.argv[1])
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler in place before it.
     signal.signal(signal.SIGTERM, record)
-    uvicorn.run(create_app(Settings(port=port)), host="127.0.0.1", port=port, log_level="warning")
+    settings = Settings(host="127.0.0.1", port=port)
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
     record()

@@ -11,8 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 
-from service.api.deps import ChecksDep, JobDep, SessionDep, TeamDep
+from service.api.deps import ChecksDep, JobDep, SessionDep, TeamDep, bearer, owned_job
 from service.api.schemas import JobOut, JobPage, TracesSnapshot
+from service.core.auth import hash_secret
+from service.core.errors import ApiError
 from service.core.states import JobState
 from service.core.store import Job, JobCheckpoint, JobEvent, JobMetric
 from service.jobs import logic
@@ -21,6 +23,7 @@ from trainer.spec import parse_spec
 from trainer.spec.checks import PreflightRequest
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+STREAM_POLL_S = 0.5
 
 
 def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOut:
@@ -120,33 +123,74 @@ def _event_rows(session, job_id: str, after_id: int, limit: int) -> list[dict[st
              "created_at": e.created_at.isoformat()} for e in rows]
 
 
+class StreamSlots:
+    """Open event streams, bounded per API key and overall: each holds a response open and polls
+    the store twice a second (from a worker thread, a connection only for the poll's length)."""
+
+    def __init__(self, total: int, per_key: int):
+        self.total, self.per_key = total, per_key
+        self.open: dict[str, int] = {}
+
+    def take(self, key: str) -> None:
+        mine, everyone = self.open.get(key, 0), sum(self.open.values())
+        if mine >= self.per_key or everyone >= self.total:
+            limit = (f"this API key already follows {mine} event streams, the limit per key "
+                     "(FLYWHEEL_MAX_EVENT_STREAMS_PER_KEY)" if mine >= self.per_key else
+                     f"the service already serves {everyone} event streams, its limit (FLYWHEEL_MAX_EVENT_STREAMS)")
+            raise ApiError(429, "too_many_streams", f"{limit}; close one, or page with `after` instead", None,
+                           headers={"Retry-After": "5"})
+        self.open[key] = mine + 1
+
+    def give_back(self, key: str) -> None:
+        self.open[key] -= 1
+        if not self.open[key]:
+            del self.open[key]
+
+
+def _stream_poll(sessions, job_id: str, cursor: int) -> tuple[list[dict[str, Any]], bool]:
+    with sessions() as s:
+        rows = _event_rows(s, job_id, cursor, 500)
+        return rows, JobState(s.get(Job, job_id).state).terminal
+
+
 @router.get("/{job_id}/events")
-async def events(request: Request, session: SessionDep, job: JobDep, after: Cursor = 0,
+async def events(request: Request, job_id: str, after: Cursor = 0,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                  accept: Annotated[str | None, Header()] = None,
-                 last_event_id: Annotated[str | None, Header()] = None):
+                 last_event_id: Annotated[str | None, Header()] = None,
+                 authorization: Annotated[str | None, Header()] = None):
     """Paged JSON by default; server-sent events with `Accept: text/event-stream` (resumable
-    with `Last-Event-ID`), ending once the job is finished and every event was sent."""
-    if not (accept and "text/event-stream" in accept):
-        rows = _event_rows(session, job.id, after, limit)
+    with `Last-Event-ID`), ending once the job is finished and every event was sent. A stream
+    holds no store connection between its polls; streams are bounded per API key and overall
+    (429 beyond)."""
+    sessions = request.app.state.sessions
+
+    def lookup() -> list[dict[str, Any]] | None:
+        with sessions() as s:  # closed before the stream starts: a long stream holds no connection
+            owned_job(job_id, s, authorization)
+            return None if streaming else _event_rows(s, job_id, after, limit)
+
+    streaming = bool(accept and "text/event-stream" in accept)
+    rows = await run_in_threadpool(lookup)
+    if not streaming:
         return {"events": rows, "next_after": rows[-1]["id"] if rows else after}
     cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() and len(last_event_id) < 19 else after
-    sessions, job_id = request.app.state.sessions, job.id
+    slots, key = request.app.state.streams, hash_secret(bearer(authorization))
+    slots.take(key)
 
     async def stream():
         nonlocal cursor
-        while True:
-            with sessions() as s:
-                rows = _event_rows(s, job_id, cursor, 500)
-                state = s.get(Job, job_id).state
-            for row in rows:
-                cursor = row["id"]
-                yield f"id: {row['id']}\nevent: {row['kind']}\ndata: {json.dumps(row)}\n\n"
-            if not rows and JobState(state).terminal:
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(0.5)
+        try:
+            while True:
+                rows, finished = await asyncio.to_thread(_stream_poll, sessions, job_id, cursor)
+                for row in rows:
+                    cursor = row["id"]
+                    yield f"id: {row['id']}\nevent: {row['kind']}\ndata: {json.dumps(row)}\n\n"
+                if (not rows and finished) or await request.is_disconnected():
+                    return
+                await asyncio.sleep(STREAM_POLL_S)
+        finally:
+            slots.give_back(key)
 
     return StreamingResponse(stream(), media_type="text/event-stream")
 
