@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from trainer.logs import configure_logging
 from trainer.spec import SpecError, load_spec, parse_overrides
@@ -23,6 +24,17 @@ CLUSTER_FAILURE = "the cluster failed under the run"
 log = logging.getLogger("flywheel.trainer")
 
 
+def _take_token(path: str | None) -> str | None:
+    """The report token, removed from where it came from before any team code is imported: its
+    file is deleted and the variable dropped, so a reward worker or dataset loader cannot find it."""
+    token = os.environ.pop("FLYWHEEL_REPORT_TOKEN", None)
+    if path is not None:
+        file = Path(path)
+        token = file.read_text().strip()
+        file.unlink()
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field by its dotted path")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this step (for testing resume)")
-    parser.add_argument("--report-url", default=None, help="control plane to report to (token: $FLYWHEEL_REPORT_TOKEN)")
+    parser.add_argument("--report-url", default=None, help="control plane to report to (token: --token-file, "
+                        "or $FLYWHEEL_REPORT_TOKEN)")
+    parser.add_argument("--token-file", default=None, help="file holding the job's report token; read and "
+                        "deleted at start, before any team code runs")
     parser.add_argument("--job-id", default=None, help="the control plane's id of this job")
     args = parser.parse_args(argv)
+    token = _take_token(args.token_file)
     configure_logging(args.job_id or os.path.basename(args.config))  # the control plane keeps the log's tail
     try:
         spec = load_spec(args.config, parse_overrides(args.set))
@@ -48,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_url:
         from trainer.driver.reporting import HttpReporter
 
-        reporter = HttpReporter(args.report_url, args.job_id, os.environ["FLYWHEEL_REPORT_TOKEN"])
+        reporter = HttpReporter(args.report_url, args.job_id, token)
     import ray.exceptions
 
     from trainer.actors.rollout_worker import WeightsNotDelivered

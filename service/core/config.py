@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     """Time limit for `POST /v1/jobs:validate?dry_run=N` (checks, model load, rollouts, scoring)."""
 
     max_concurrent_checks: int = 4
-    """Checks this service runs on the cluster at once (each is a Python process); others wait."""
+    """Checks beyond each team's first that this service runs on the cluster at once (each is a
+    Python process); others wait. A team's first check always runs at once, on a slot of its own,
+    so other teams' slow checks never hold up its validation."""
 
     max_body_bytes: int = 1_048_576
     """Largest request body accepted; a larger one is refused with 413 before it is parsed."""
@@ -97,6 +99,18 @@ class Settings(BaseSettings):
 
     default_team_quota: int = 2
     """Concurrent jobs a new team may run."""
+
+    max_queued_jobs_per_team: int = 50
+    """Jobs one team may have waiting at once (a team's own `max_queued_jobs` overrides it); beyond
+    it a submission is refused with 429."""
+
+    max_job_wall_clock_s: float = 7 * 24 * 3600.0
+    """The longest any job may run; past it the job is stopped and failed (a spec may ask for less,
+    `schedule.max_wall_clock_s`)."""
+
+    max_trace_bytes_per_team: int = 10 * 1024**3
+    """Bytes of traces (their JSON) one team may store (a team's own `max_trace_bytes` overrides
+    it); a batch that would pass it is refused with 413, naming it."""
 
     max_running_jobs: int = 1
     """Jobs the cluster runs at once; the rest wait in the queue. Size it to the cluster (a job of

@@ -137,6 +137,8 @@ class LocalRayHead:
 
 
 AGENT_WAIT_S = 60
+TOKEN_FILE = "report-token"
+"""In the job's run folder until its trainer starts and deletes it."""
 CHECK_NICENESS = 10
 
 
@@ -178,21 +180,37 @@ class RayJobsLauncher:
                     raise
                 time.sleep(1)
 
-    def submit(self, job_id: str, spec: dict, report_url: str, token: str) -> str:
-        """Start `python -m trainer.run` for a job; its only secret is its own report token."""
+    def submit(self, job_id: str, spec: dict, report_url: str, token: str, submission_id: str) -> str:
+        """Start `python -m trainer.run` for a job as Ray job `submission_id` (the caller's, so a
+        service that stops between deciding and submitting can ask Ray later whether it has it).
+        The job's only secret, its report token, goes in a file only its owner may read, which the
+        trainer deletes as it starts, before any team code runs: never in an environment variable,
+        which Ray would hand to every actor of the job, reward workers among them."""
         run_dir = Path(spec["output_dir"]).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = run_dir / "spec.json"
         spec = {**spec, "output_dir": str(run_dir)}
         spec_path.write_text(json.dumps(spec, indent=2))
-        return self._submit(["trainer.run", str(spec_path), "--report-url", report_url, "--job-id", job_id],
-                            f"{job_id}-{int(time.time())}", {"FLYWHEEL_REPORT_TOKEN": token, "WANDB_SILENT": "true"})
+        token_file = run_dir / TOKEN_FILE
+        token_file.unlink(missing_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        try:
+            return self._submit(["trainer.run", str(spec_path), "--report-url", report_url, "--job-id", job_id,
+                                 "--token-file", str(token_file)], submission_id, {"WANDB_SILENT": "true"})
+        except RuntimeError as exc:
+            if "already exists" in str(exc):  # submitted before the service stopped: Ray has it
+                return submission_id
+            raise
 
-    def submit_check(self, folder: Path) -> str:
+    def submit_check(self, folder: Path, memory_mb: int | None = None) -> str:
         """Start `python -m trainer.checks FOLDER` (it reads the request there and writes the result),
         at a lower CPU priority: where the API shares cores with the cluster, a team's checks
-        wait for the API rather than the other way round."""
-        return self._submit(["trainer.checks", str(folder)], folder.name, {}, nice=CHECK_NICENESS)
+        wait for the API rather than the other way round. `memory_mb`: its memory limit (None: the
+        check's own default)."""
+        limit = ["--memory-mb", str(memory_mb)] if memory_mb else []
+        return self._submit(["trainer.checks", str(folder), *limit], folder.name, {}, nice=CHECK_NICENESS)
 
     def _submit(self, module_args: list[str], submission_id: str, env: dict[str, str], nice: int = 0) -> str:
         lower = f"nice -n {nice} " if nice else ""

@@ -116,21 +116,34 @@ def transition(session: Session, job: Job, target: JobState, message: str = "", 
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """1 for the next job to start, FIFO within priority across the cluster; None once started."""
+    """1 for the team's next job to start, by its own priorities then age; None once started.
+    Among the team's own queued jobs only: other teams' queues are theirs (and the scheduler
+    shares the cluster between teams, so a global place in line would not hold anyway)."""
     if job.state != JobState.queued:
         return None
     ahead = session.scalar(select(func.count()).select_from(Job).where(
-        Job.state == JobState.queued,
+        Job.team_id == job.team_id, Job.state == JobState.queued,
         or_(Job.priority > job.priority, (Job.priority == job.priority) & (Job.created_at < job.created_at)),
     ))
     return ahead + 1
 
 
-def queue_positions(session: Session) -> dict[str, int]:
-    """Every queued job's position, in one query (for listings)."""
-    ids = session.scalars(select(Job.id).where(Job.state == JobState.queued)
+def queue_positions(session: Session, team_id: str) -> dict[str, int]:
+    """Every queued job's position in its team's queue, in one query (for listings)."""
+    ids = session.scalars(select(Job.id).where(Job.team_id == team_id, Job.state == JobState.queued)
                           .order_by(Job.priority.desc(), Job.created_at)).all()
     return {job_id: i + 1 for i, job_id in enumerate(ids)}
+
+
+def check_queue_room(session: Session, team: Team, default_cap: int) -> None:
+    """429 when the team already has as many jobs waiting as it may."""
+    cap = team.max_queued_jobs if team.max_queued_jobs is not None else default_cap
+    waiting = session.scalar(select(func.count()).select_from(Job).where(Job.team_id == team.id,
+                                                                        Job.state == JobState.queued))
+    if waiting >= cap:
+        raise ApiError(429, "too_many_queued", f"this team already has {waiting} jobs waiting, its limit "
+                       "(FLYWHEEL_MAX_QUEUED_JOBS_PER_TEAM, or the team's own max_queued_jobs); submit more "
+                       "when some have started", None, headers={"Retry-After": "60"})
 
 
 def live_count(session: Session, team_id: str) -> int:
@@ -142,6 +155,12 @@ def record_report(session: Session, job: Job, report: Report) -> bool:
     """Store one trainer report; False when its sequence number was stored already (a retry)."""
     if session.scalar(select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.seq == report.seq)) is not None:
         return False
+    files = None
+    if isinstance(report, FinishedReport) and report.data is not None and report.data.export_dir:
+        try:  # hashed before anything is written: no store lock is held meanwhile
+            files = registry.export_files(job.run_dir, report.data.export_dir)
+        except registry.ExportRefused as exc:
+            raise ApiError(422, "export_refused", f"data.export_dir: {exc}", "data.export_dir") from None
     data = report.model_dump(mode="json")["data"]
     session.add(JobEvent(job_id=job.id, seq=report.seq, kind=report.kind, message=report.message, data=data))
     match report:
@@ -163,6 +182,7 @@ def record_report(session: Session, job: Job, report: Report) -> bool:
             if report.data is not None:
                 job.wandb = report.data.wandb or job.wandb
                 job.export_dir = report.data.export_dir
+                job.export_files = files
     try:
         session.commit()
     except IntegrityError:  # a concurrent retry of the same report

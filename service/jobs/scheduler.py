@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy import func, select
 
@@ -61,6 +61,27 @@ def _reported_failure(session, job: Job) -> str | None:
 LEASE = "scheduler"
 
 
+def submission_id(job: Job) -> str:
+    """The Ray job id of a job's launch: its own id, with the restart's number after a restart."""
+    return job.id if not job.restarts else f"{job.id}-restart-{job.restarts}"
+
+
+def next_job(queued: list[Job], live: dict[str, int], quotas: dict[str, int], at) -> Job | None:
+    """The job to start next, from `queued` in (priority desc, age) order: among teams below their
+    quota with a job out of its backoff, the one with the fewest live jobs (then the oldest
+    waiting job); its first eligible job. A team's priorities order its own jobs only."""
+    heads: dict[str, Job] = {}
+    for job in queued:
+        if job.team_id in heads or live.get(job.team_id, 0) >= quotas.get(job.team_id, 0):
+            continue
+        if job.not_before is not None and job.not_before.astimezone(UTC) > at:
+            continue  # a restart still in its backoff
+        heads[job.team_id] = job
+    if not heads:
+        return None
+    return min(heads.values(), key=lambda j: (live.get(j.team_id, 0), j.created_at.astimezone(UTC)))
+
+
 class Scheduler:
     def __init__(self, sessions, launcher, settings):
         self.sessions, self.launcher, self.settings = sessions, launcher, settings
@@ -94,7 +115,9 @@ class Scheduler:
         """Correct every live job's record from Ray: finished, failed, stopped, or vanished."""
         with self.sessions() as session:
             for job in session.scalars(select(Job).where(Job.state.in_([s.value for s in LIVE]))).all():
-                if not job.ray_job_id:
+                if not job.ray_job_id:  # recorded live with no Ray job (a store from before ids were fixed)
+                    self._never_submitted(session, job)
+                    session.commit()
                     continue
                 try:
                     status = self.launcher.status(job.ray_job_id)
@@ -107,9 +130,14 @@ class Scheduler:
                 if _last_service_event(session, job) == "cluster_unreachable":
                     logic.add_event(session, job, "cluster_reachable", "the Ray cluster answers again")
                     session.commit()
+                if status.state in ("PENDING", "RUNNING") and self._past_wall_clock(session, job):
+                    session.commit()
+                    continue
                 if status.state == "RUNNING" and job.state == JobState.starting:
                     continue  # the trainer marks it running when it reports in
-                if status.state == "MISSING":
+                if status.state == "MISSING" and job.state == JobState.starting:
+                    self._never_submitted(session, job)
+                elif status.state == "MISSING":
                     error = f"the Ray job {job.ray_job_id} no longer exists (the cluster restarted?)"
                     if not self._restart(session, job, error, ""):  # resumed from its checkpoint, if it may
                         logic.transition(session, job, JobState.failed, "vanished from Ray", error=error)
@@ -141,29 +169,61 @@ class Scheduler:
         job.ray_job_id = None
         return True
 
+    def _never_submitted(self, session, job: Job) -> None:
+        """A job recorded as starting that Ray never got (the service stopped between recording
+        the launch and submitting it): queued again, to be submitted under the same id. One
+        recorded as running with no Ray job cannot be told apart from a lost one: failed."""
+        if job.state == JobState.starting:
+            logic.transition(session, job, JobState.queued, "queued again: the service stopped before Ray got the job")
+            job.ray_job_id = None
+        else:
+            logic.transition(session, job, JobState.failed, "no Ray job recorded",
+                             error="the service has no record of the Ray job running this job")
+
+    def _past_wall_clock(self, session, job: Job) -> bool:
+        """Stop a job that has run past its wall-clock limit (its spec's, at most the service's)."""
+        limit = min(filter(None, [self.settings.max_job_wall_clock_s,
+                                  job.spec.get("schedule", {}).get("max_wall_clock_s")]))
+        began = job.started_at or job.created_at
+        if (now() - began).total_seconds() <= limit:
+            return False
+        self.launcher.stop(job.ray_job_id)
+        logic.transition(session, job, JobState.failed, "stopped at its wall-clock limit",
+                         error=f"the job ran past its wall-clock limit of {limit:g} s (schedule.max_wall_clock_s, "
+                               "at most the service's FLYWHEEL_MAX_JOB_WALL_CLOCK_S) and was stopped")
+        return True
+
     def start_queued(self) -> None:
+        """Start queued jobs while the cluster has room: each time the next job of the team with
+        the fewest live jobs (the fair share), within a team by its own priorities, then age."""
         with self.sessions() as session:
-            live = len(session.scalars(select(Job.id).where(Job.state.in_([s.value for s in LIVE]))).all())
+            live = dict(session.execute(select(Job.team_id, func.count()).where(
+                Job.state.in_([s.value for s in LIVE])).group_by(Job.team_id)).all())
             queued = session.scalars(select(Job).where(Job.state == JobState.queued)
                                      .order_by(Job.priority.desc(), Job.created_at)).all()
-            for job in queued:
-                if live >= self.settings.max_running_jobs:
+            quotas = dict(session.execute(select(Team.id, Team.max_concurrent_jobs)).all())
+            while sum(live.values()) < self.settings.max_running_jobs:
+                job = next_job(queued, live, quotas, now())
+                if job is None:
                     return
-                if job.not_before is not None and job.not_before > now():
-                    continue  # a restart still in its backoff
-                team = session.get(Team, job.team_id)
-                if logic.live_count(session, team.id) >= team.max_concurrent_jobs:
-                    continue  # this team is at its quota; later teams' jobs may still start
-                token, token_hash = new_job_token()
-                job.report_token_hash = token_hash
-                logic.transition(session, job, JobState.starting, "submitted to Ray")
-                session.commit()
-                try:
-                    job.ray_job_id = self.launcher.submit(job.id, logic.launch_spec(job), self.settings.report_url, token)
-                except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the service goes on
-                    logic.transition(session, job, JobState.failed, "launch failed", error=f"launch failed: {exc}")
-                session.commit()
-                live += 1
+                queued.remove(job)
+                live[job.team_id] = live.get(job.team_id, 0) + 1
+                self._launch(session, job)
+
+    def _launch(self, session, job: Job) -> None:
+        # The Ray id is recorded before Ray is asked, so a service that stops in between finds out
+        # on its next start whether Ray has the job (`reconcile`), and never launches it twice.
+        token, token_hash = new_job_token()
+        job.report_token_hash, job.ray_job_id = token_hash, submission_id(job)
+        logic.transition(session, job, JobState.starting, "submitted to Ray")
+        session.commit()
+        try:
+            self.launcher.submit(job.id, logic.launch_spec(job), self.settings.report_url, token, job.ray_job_id)
+        except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the service goes on
+            log.warning("launch of job %s failed", job.id, exc_info=exc)
+            logic.transition(session, job, JobState.failed, "launch failed",
+                             error=f"launch failed: {type(exc).__name__}: {str(exc)[:500]}")
+        session.commit()
 
     def on_shutdown(self, head, stop_jobs: bool) -> None:
         """The service is stopping. Jobs outlive it: with any live, the local head stays up (they

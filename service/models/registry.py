@@ -7,6 +7,8 @@ environment that evaluation ran on, and its files. Registered when the job turns
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,41 @@ from sqlalchemy.orm import Session
 from service.core.store import Job, ModelEvaluation, ModelVersion
 from trainer.spec import JobSpec
 
+MAX_EXPORT_FILES = 10_000
 
-def _files(folder: Path) -> list[dict[str, Any]]:
+
+class ExportRefused(ValueError):
+    """An export the registry will not take: outside the job's run folder, or not plain files."""
+
+
+def export_files(run_dir: str | None, export_dir: str) -> list[dict[str, Any]]:
+    """The files of a job's export, each with its size and SHA-256, read once when the trainer
+    reports it (before the report is written, so no store lock is held while hashing). The export
+    must lie inside the job's own run folder and hold only plain files: a trainer (or anything
+    that got hold of its token) cannot register another folder of the machine as the team's model."""
+    if not run_dir:
+        raise ExportRefused("the job has no run folder for its export to be in")
+    root, folder = Path(run_dir).resolve(), Path(export_dir).resolve()
+    if not folder.is_relative_to(root):
+        raise ExportRefused(f"the export must be inside the job's run folder, {root}")
     if not folder.is_dir():
         return []
-    return [{"name": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file()]
+    files = []
+    for top, dirs, names in os.walk(folder):
+        for name in sorted(names) + [d for d in dirs if Path(top, d).is_symlink()]:
+            path = Path(top, name)
+            if path.is_symlink() or not path.is_file():
+                raise ExportRefused(f"{path.relative_to(folder)} is a link or not a plain file: an export "
+                                    "holds plain files only")
+            if len(files) >= MAX_EXPORT_FILES:
+                raise ExportRefused(f"the export holds more than {MAX_EXPORT_FILES:,} files")
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            files.append({"name": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
+                          "sha256": digest.hexdigest()})
+    return sorted(files, key=lambda f: f["name"])
 
 
 def held_out_environment(spec: JobSpec, traces_sha256: str | None) -> dict[str, Any] | None:
@@ -49,7 +80,7 @@ def register(session: Session, job: Job) -> ModelVersion | None:
         return existing
     # The trainer's reports arrive in other sessions: the job object may have been read before its
     # `finished` (or last `evaluation`) report was stored.
-    session.refresh(job, ["export_dir", "result"])
+    session.refresh(job, ["export_dir", "export_files", "result"])
     export = job.export_dir
     if not export:
         return None
@@ -58,7 +89,7 @@ def register(session: Session, job: Job) -> ModelVersion | None:
     base = str(Path(spec.model.path).resolve()) if Path(spec.model.path).exists() else spec.model.path
     parent = session.scalar(select(ModelVersion.id).where(ModelVersion.team_id == job.team_id,
                                                           ModelVersion.path == base))
-    files = _files(path)
+    files = job.export_files or []
     version = ModelVersion(team_id=job.team_id, job_id=job.id, name=job.name,
                            kind="outcome_model" if spec.algorithm.fits_classifier else "policy",
                            base_model=spec.model.path, parent_id=parent, path=str(path), files=files,

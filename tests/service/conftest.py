@@ -194,7 +194,8 @@ class Trainer:
             team = s.scalar(select(Team).where(Team.name == team_name))
             job_spec = parse_spec({"name": name, "model": {"path": base}, "environment": env,
                                    "rewards": [{"name": "resolution"}], **spec}).model_dump(mode="json")
-            job = Job(team_id=team.id, name=name, state=JobState.running, spec=job_spec, steps=1)
+            job = Job(team_id=team.id, name=name, state=JobState.running, spec=job_spec, steps=1,
+                      run_dir=str(export.parent))  # the export lies in the job's run folder
             s.add(job)
             s.commit()
             if metrics is not None:

@@ -6,6 +6,7 @@ would be."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 import uvicorn
 
 from tests.conftest import DIGITS, ROOT
+from tests.fixtures import snooping_reward as snooping
 from tests.service.conftest import Teams, auth
 
 pytestmark = pytest.mark.slow
@@ -65,11 +67,15 @@ def wait_for(client, job_id, predicate, timeout=300, headers=None):
 
 
 def test_job_runs_to_success_and_the_cli_follows_it(settings, tiny_model):
+    """... and the team's reward code, which goes looking for the job's report token, finds none."""
     service = Service(settings)
     key = Teams(settings.database_url).key("alice")[0]
+    snooping.FOUND.unlink(missing_ok=True)
+    job_spec = spec(tiny_model, steps=4, checkpoint_interval=2)
+    job_spec["rewards"].append({"import_path": "tests.fixtures.snooping_reward:look_for_the_token", "weight": 0.0})
     try:
         with httpx.Client(base_url=service.url, headers=auth(key), timeout=120) as c:
-            job = c.post("/v1/jobs", json=spec(tiny_model, steps=4, checkpoint_interval=2)).json()
+            job = c.post("/v1/jobs", json=job_spec).json()
             assert job["state"] == "queued"
             env = {**os.environ, "FLYWHEEL_URL": service.url, "FLYWHEEL_API_KEY": key}
             follow = subprocess.run([sys.executable, "-m", "service.cli", "follow", job["id"], "--interval", "0.5"],
@@ -86,6 +92,7 @@ def test_job_runs_to_success_and_the_cli_follows_it(settings, tiny_model):
             assert {f["name"] for f in model["files"]} >= {"config.json", "model.safetensors"}
             assert [m["step"] for m in c.get(f"/v1/jobs/{job['id']}/metrics").json()["metrics"]] == [1, 2, 3, 4]
             assert [k["step"] for k in c.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]] == [2, 4]
+        assert json.loads(snooping.FOUND.read_text())["found"] == []
     finally:
         service.stop()
 

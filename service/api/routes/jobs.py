@@ -41,7 +41,7 @@ def job_out(session, job: Job, positions: dict[str, int] | None = None) -> JobOu
 SpecBody = Annotated[dict[str, Any], Body(description="a job spec (trainer/spec/job.py)")]
 INT64 = 2**63 - 1
 """Bound on every integer the store keeps or compares (SQLite and Postgres BIGINT)."""
-Priority = Annotated[int, Query(ge=-1000, le=1000, description="higher runs first")]
+Priority = Annotated[int, Query(ge=-1000, le=1000, description="higher runs first among the team's own jobs")]
 Cursor = Annotated[int, Query(ge=0, le=INT64)]
 IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
                                               description="printable ASCII, up to 200 characters")]
@@ -58,6 +58,7 @@ async def create(request: Request, response: Response, session: SessionDep, team
     if replay is not None:
         response.status_code = 200
         return await run_in_threadpool(job_out, session, replay)
+    await run_in_threadpool(logic.check_queue_room, session, team, settings.max_queued_jobs_per_team)
     # A selection of the team's traces is frozen now, so the checks read the data the job trains on.
     frozen = await run_in_threadpool(snapshot.freeze, session, team.id, valid, settings.runs_dir)
     roots = request.app.state.data_roots + ([str(snapshot.folder(settings.runs_dir))] if frozen else [])
@@ -98,7 +99,7 @@ def list_jobs(session: SessionDep, team: TeamDep, state: JobState | None = None,
         query = query.where(Job.name == name)
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
-    positions = logic.queue_positions(session) if any(j.state == JobState.queued for j in rows) else {}
+    positions = logic.queue_positions(session, team.id) if any(j.state == JobState.queued for j in rows) else {}
     return JobPage(jobs=[job_out(session, j, positions) for j in rows], total=total, offset=offset, limit=limit)
 
 
