@@ -36,11 +36,18 @@ def bearer(authorization: str | None) -> str:
     return authorization.split(" ", 1)[1].strip()
 
 
-def current_team(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Team:
+def current_key(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(bearer(authorization))))
     if key is None or key.revoked:
         raise ApiError(401, "unauthorized", "unknown or revoked API key", "Authorization")
-    return session.get(Team, key.team_id)
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(current_key)]
+
+
+def current_team(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Team:
+    return session.get(Team, current_key(session, authorization).team_id)
 
 
 TeamDep = Annotated[Team, Depends(current_team)]

@@ -120,6 +120,16 @@ class TraceOut(BaseModel):
     created_at: datetime
     received_at: datetime
     outcome_at: datetime | None
+    outcome_history: list[OutcomeChange] | None = None
+    """Every change to the outcome, oldest first (`GET /v1/traces/{trace_id}` only)."""
+
+
+class OutcomeChange(BaseModel):
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    by: str | None
+    """The prefix of the API key that made the change."""
+    at: datetime
 
 
 class TracePage(BaseModel):

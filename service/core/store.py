@@ -9,6 +9,7 @@ step with a unique constraint, so a retried report is stored once.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,6 +272,21 @@ class DeploymentEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
+class DeploymentKey(Base):
+    """A key the callers of a deployment's model server present (`Authorization: Bearer fwd_...`),
+    stored only as its SHA-256. A revoked key keeps its row (`revoked_at`): the traces logged under
+    its id stay attributable."""
+
+    __tablename__ = "deployment_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dk"))
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class Lease(Base):
     """Work that one process of several must do alone (the scheduler): its holder until a time."""
 
@@ -306,9 +322,19 @@ def release_lease(session: Session, name: str, holder: str) -> None:
 POOL_SIZE = 40  # anyio's default thread-pool size, which FastAPI's sync routes and dependencies share
 
 
+def _private_file(path: Path) -> None:
+    """The SQLite file, created (or narrowed) to its owner's use alone: it holds every team's
+    traces and key hashes. SQLite gives its -wal and -shm files the same mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            os.chmod(file, 0o600)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(url.removeprefix("sqlite:///")))
         # The pool is as large as the request thread pool (40), so no request waits for a connection.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=POOL_SIZE, max_overflow=10)
@@ -326,6 +352,8 @@ def make_engine(url: str) -> Engine:
 
 def migrate(url: str) -> None:
     """Bring the schema to the newest Alembic revision."""
+    if url.startswith("sqlite:///"):
+        _private_file(Path(url.removeprefix("sqlite:///")))
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parents[1] / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

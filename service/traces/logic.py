@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from service.api.trace_schemas import Message, TraceIn
 from service.core.errors import ApiError
-from service.core.store import Trace, now
+from service.core.store import Team, Trace, TraceOutcomeChange, now
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 INSERT_CHUNK = 500
@@ -95,14 +95,62 @@ def logprob_problems(m: Message) -> list[tuple[str, str]]:
 
 # ── writes ────────────────────────────────────────────────────────────────────────────────────
 
-def ingest(session: Session, team_id: str, traces: list[TraceIn]) -> list[str]:
+def _conversation(t: TraceIn) -> dict[str, Any]:
+    """What makes a trace the trace it is: sending its id again with any of this different is a conflict."""
+    return {"model": t.model, "model_version": t.model_version,
+            "messages": [m.model_dump(exclude_none=True) for m in t.messages], "metadata": t.metadata}
+
+
+def _conflict(t: TraceIn, stored: dict[str, Any], stored_outcome: dict | None, stored_at: datetime | None) -> str | None:
+    """Why `t` is not a resend of the trace stored under its id; None when it is."""
+    mine = _conversation(t)
+    for key in ("model", "model_version", "messages", "metadata"):
+        if mine[key] != stored[key]:
+            return key
+    if t.created_at is not None and stored_at is not None and t.created_at != stored_at:
+        return "created_at"
+    if t.outcome is not None and t.outcome != stored_outcome:
+        return "outcome"
+    return None
+
+
+def _conflicts(session: Session, team_id: str, traces: list[TraceIn]) -> None:
+    """409 naming the first trace whose id this team stored (or sent earlier in the batch) with a
+    different body: a resend must be the same trace, or it would be silently dropped."""
+    ids = list({t.trace_id for t in traces})
+    stored: dict[str, tuple[dict, dict | None, datetime | None]] = {}
+    for start in range(0, len(ids), INSERT_CHUNK):
+        for row in session.scalars(select(Trace).where(Trace.team_id == team_id,
+                                                       Trace.trace_id.in_(ids[start:start + INSERT_CHUNK]))):
+            stored[row.trace_id] = ({"model": row.model, "model_version": row.model_version,
+                                     "messages": row.messages, "metadata": row.meta}, row.outcome, row.created_at)
+    for i, t in enumerate(traces):
+        if t.trace_id in stored:
+            field = _conflict(t, *stored[t.trace_id])
+            if field is not None:
+                raise ApiError(409, "trace_conflict", f"traces.{i}: trace {t.trace_id!r} was stored already with a "
+                               f"different {field}; a resend must be the same trace (send an outcome that arrives "
+                               "later with POST /v1/traces/{trace_id}/outcome)", f"traces.{i}.{field}")
+        else:
+            stored[t.trace_id] = (_conversation(t), t.outcome, t.created_at)
+
+
+def trace_size(t: TraceIn) -> int:
+    """The bytes a trace counts against its team's storage: its JSON."""
+    return len(t.model_dump_json(exclude_none=True))
+
+
+def ingest(session: Session, team_id: str, traces: list[TraceIn], quota: int | None = None) -> list[str]:
     """Store every trace whose id this team has not stored yet, in one transaction; returns the ids
-    that were duplicates (already stored, or earlier in this batch)."""
-    received, rows, seen = now(), [], set()
+    that were duplicates (already stored, or earlier in this batch). A resend with a different body
+    is a 409; with `quota`, a batch that would take the team's stored bytes past it is a 413."""
+    _conflicts(session, team_id, traces)
+    received, rows, seen, sizes = now(), [], set(), {}
     for t in traces:
         if t.trace_id in seen:
             continue
         seen.add(t.trace_id)
+        sizes[t.trace_id] = trace_size(t)
         rows.append({"team_id": team_id, "trace_id": t.trace_id, "model": t.model, "model_version": t.model_version,
                      "messages": [m.model_dump(exclude_none=True) for m in t.messages], "outcome": t.outcome,
                      "metadata": t.metadata, "created_at": (t.created_at or received).astimezone(UTC),
@@ -113,6 +161,14 @@ def ingest(session: Session, team_id: str, traces: list[TraceIn]) -> list[str]:
         stmt = (insert(Trace).values(rows[start:start + INSERT_CHUNK])
                 .on_conflict_do_nothing(index_elements=["team_id", "trace_id"]).returning(Trace.trace_id))
         stored.update(session.scalars(stmt))
+    added = sum(sizes[i] for i in stored)
+    used = session.scalar(update(Team).where(Team.id == team_id).values(trace_bytes=Team.trace_bytes + added)
+                          .returning(Team.trace_bytes))
+    if quota is not None and added and used > quota:
+        session.rollback()
+        raise ApiError(413, "trace_quota", f"traces: this batch adds {added:,} bytes of traces; the team would "
+                       f"store {used:,}, over its limit of {quota:,} (FLYWHEEL_MAX_TRACE_BYTES_PER_TEAM, or the "
+                       "team's own max_trace_bytes)", "traces")
     session.commit()
     duplicates, counted = [], set()
     for t in traces:
@@ -129,11 +185,22 @@ def owned_trace(session: Session, team_id: str, trace_id: str) -> Trace:
     return row
 
 
-def set_outcome(session: Session, trace: Trace, outcome: dict[str, Any], replace: bool) -> Trace:
-    trace.outcome = dict(outcome) if replace else {**(trace.outcome or {}), **outcome}
+def set_outcome(session: Session, trace: Trace, outcome: dict[str, Any], replace: bool, by: str | None) -> Trace:
+    """Merge (or with `replace`, set) the trace's labels; the change is kept in its history, with
+    the API key (its prefix) that made it."""
+    old = trace.outcome
+    trace.outcome = dict(outcome) if replace else {**(old or {}), **outcome}
     trace.outcome_at = now()
+    if trace.outcome != old:
+        session.add(TraceOutcomeChange(trace_row_id=trace.id, key_prefix=by, old=old, new=trace.outcome,
+                                       changed_at=trace.outcome_at))
     session.commit()
     return trace
+
+
+def outcome_history(session: Session, trace: Trace) -> list[TraceOutcomeChange]:
+    return list(session.scalars(select(TraceOutcomeChange).where(TraceOutcomeChange.trace_row_id == trace.id)
+                                .order_by(TraceOutcomeChange.id)))
 
 
 # ── reads ─────────────────────────────────────────────────────────────────────────────────────

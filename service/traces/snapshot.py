@@ -74,6 +74,7 @@ def freeze(session: Session, team_id: str, spec: JobSpec, runs_dir: str | Path) 
     os.close(fd)
     try:
         count, digest = write_snapshot(rows, scratch)
+        os.chmod(scratch, 0o600)  # a team's traces: readable by the service's user alone
         path = target / f"{digest}.parquet"
         os.replace(scratch, path)
     finally:

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BeforeValidator, Field
 
 from environments.snapshot import UtcTime
-from service.api.deps import SessionDep, TeamDep
+from service.api.deps import KeyDep, SessionDep, TeamDep
 from service.api.trace_schemas import (
     TRACE_ID,
     IngestOut,
+    OutcomeChange,
     OutcomeIn,
     TraceBatch,
     TraceOut,
@@ -73,7 +74,8 @@ Filter = Annotated[logic.TraceFilter, Depends(trace_filter)]
 def ingest(request: Request, response: Response, session: SessionDep, team: TeamDep, batch: TraceBatch) -> IngestOut:
     """Store a batch of traces, all or none: a batch with one bad trace writes nothing, and the
     error names the field. A trace id already stored is a duplicate, not an error (retries are
-    safe); 200 instead of 201 when nothing new was stored."""
+    safe); 200 instead of 201 when nothing new was stored. The same id with a different body is a
+    409 naming it; a batch that would take the team past its storage quota is a 413."""
     settings = request.app.state.settings
     if len(batch.traces) > settings.max_trace_batch:
         raise ApiError(413, "batch_too_large", f"traces: {len(batch.traces)} traces in one batch, the limit is "
@@ -89,7 +91,8 @@ def ingest(request: Request, response: Response, session: SessionDep, team: Team
     if problems:
         raise ApiError(422, "invalid_trace", f"{problems[0]['field']}: {problems[0]['message']}",
                        problems[0]["field"], errors=problems)
-    duplicates = logic.ingest(session, team.id, batch.traces)
+    quota = team.max_trace_bytes if team.max_trace_bytes is not None else settings.max_trace_bytes_per_team
+    duplicates = logic.ingest(session, team.id, batch.traces, quota)
     stored = len(batch.traces) - len(duplicates)
     if not stored:
         response.status_code = 200
@@ -114,12 +117,16 @@ def stats(session: SessionDep, team: TeamDep, where: Filter,
 
 @router.get("/{trace_id}", response_model=TraceOut)
 def get(session: SessionDep, team: TeamDep, trace_id: TraceId) -> TraceOut:
-    return trace_out(logic.owned_trace(session, team.id, trace_id))
+    """One trace, with the history of its outcome."""
+    trace = logic.owned_trace(session, team.id, trace_id)
+    history = [OutcomeChange(old=c.old, new=c.new, by=c.key_prefix, at=c.changed_at)
+               for c in logic.outcome_history(session, trace)]
+    return trace_out(trace).model_copy(update={"outcome_history": history})
 
 
 @router.post("/{trace_id}/outcome", response_model=TraceOut)
-def outcome(session: SessionDep, team: TeamDep, trace_id: TraceId, body: OutcomeIn) -> TraceOut:
+def outcome(session: SessionDep, key: KeyDep, trace_id: TraceId, body: OutcomeIn) -> TraceOut:
     """Report (or correct) a trace's outcome once it is known: merged into its labels, or with
-    `replace` instead of them."""
-    trace = logic.owned_trace(session, team.id, trace_id)
-    return trace_out(logic.set_outcome(session, trace, body.outcome, body.replace))
+    `replace` instead of them. Every change is kept in the trace's `outcome_history`."""
+    trace = logic.owned_trace(session, key.team_id, trace_id)
+    return trace_out(logic.set_outcome(session, trace, body.outcome, body.replace, key.prefix))
