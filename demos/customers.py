@@ -2,8 +2,10 @@
 the official `openai` client against an OpenAI-compatible endpoint (`flywheel serve-model
 DEPLOYMENT --tool-format call`), the way a support front end would: the agent's tool calls come
 back as OpenAI `tool_calls`, their results go back as `tool` messages, the customer's answers as
-`user` messages, and the conversation is closed when the ticket ends. The simulator decides the
-outcome, which the caller reports later through the traces API: the served model never sees it.
+`user` messages, and the conversation is closed when the ticket ends. The customers present a key
+of the deployment (`POST /v1/deployments/{name}/keys`). The simulator decides the outcome, which
+the caller reports later through the traces API, under the trace id the server answered with
+(`metadata.trace_id`): the served model never sees it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from environments.support_desk.simulator import make_ticket, replay
 
 @dataclass
 class Served:
-    """One played ticket: its conversation id, outcome labels and the version that answered it."""
+    """One played ticket: its trace id, outcome labels and the version that answered it."""
 
-    conversation_id: str
+    trace_id: str
     outcome: dict[str, Any]
     version: str
 
@@ -48,16 +50,18 @@ def play(client, base_url: str, deployment: str, seed: int, max_turns: int = 5, 
         calls = reply.get("tool_calls") or []
         messages.append({"role": "tool", "tool_call_id": calls[0]["id"], "content": answer} if calls
                         else {"role": "user", "content": answer})
-    httpx.post(f"{base_url}/conversations/{cid}/close", timeout=60).raise_for_status()
-    return Served(cid, {"outcome": state.outcome.outcome, "turns": len(turns)}, out.system_fingerprint)
+    httpx.post(f"{base_url}/conversations/{cid}/close", headers={"Authorization": f"Bearer {client.api_key}"},
+               timeout=60).raise_for_status()
+    return Served(out.metadata["trace_id"], {"outcome": state.outcome.outcome, "turns": len(turns)},
+                  out.system_fingerprint)
 
 
-def serve_customers(base_url: str, deployment: str, seeds: list[int], concurrency: int = 16,
+def serve_customers(base_url: str, deployment: str, api_key: str, seeds: list[int], concurrency: int = 16,
                     **play_args) -> list[Served]:
-    """Many customers at once (the server batches their turns)."""
+    """Many customers at once (the server batches their turns), with a key of the deployment."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=base_url, api_key="unused", max_retries=2, timeout=300)
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=300)
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(lambda s: play(client, base_url, deployment, s, **play_args), seeds))
 

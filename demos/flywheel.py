@@ -48,13 +48,13 @@ def report_outcomes(c: httpx.Client, served) -> None:
     """Each outcome, once the server has delivered its trace (it logs in the background)."""
     for s in served:
         for _ in range(600):
-            r = c.post(f"/v1/traces/{s.conversation_id}/outcome", json={"outcome": s.outcome})
+            r = c.post(f"/v1/traces/{s.trace_id}/outcome", json={"outcome": s.outcome})
             if r.status_code != 404:
                 check(r)
                 break
             time.sleep(0.1)
         else:
-            raise SystemExit(f"the trace of {s.conversation_id} never arrived")
+            raise SystemExit(f"the trace {s.trace_id} never arrived")
 
 
 def start_serving(url: str, key: str, state: Path) -> tuple[subprocess.Popen, str]:
@@ -122,6 +122,7 @@ def main() -> None:
                            "schedule": {**base["schedule"], "steps": 0, "eval_before_after": True}})
         model = registered(c, warm)
         check(c.post("/v1/deployments", json={"name": "support-agent", "model": model["id"]}))
+        customers_key = check(c.post("/v1/deployments/support-agent/keys", json={"name": "demo customers"}))["key"]
         server, endpoint = start_serving(url, key, state)
         try:
             verdict, promoted = None, True
@@ -130,7 +131,7 @@ def main() -> None:
                 since = datetime.now(UTC).isoformat()
                 seeds = list(range(PRODUCTION_SEEDS + k * a.conversations, PRODUCTION_SEEDS + (k + 1) * a.conversations))
                 t0 = time.monotonic()
-                served = serve_customers(endpoint, "support-agent", seeds, a.concurrency)
+                served = serve_customers(endpoint, "support-agent", customers_key, seeds, a.concurrency)
                 seconds = time.monotonic() - t0
                 report_outcomes(c, served)
                 row = {"round": k, "model": model["id"], "name": model["name"], "conversations": len(served),

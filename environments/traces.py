@@ -9,6 +9,14 @@ columns, as a dataset's columns are, so reward modules score them unchanged (`re
 another environment's, named in `eval` (the simulator's tickets): a model that learned from
 traces is judged where its outcomes are measured, not logged.
 
+Only what the model wrote is learned from. A trace logged by the model server says which of its
+assistant turns the server sampled (`metadata.sampled_messages`, their indices in `messages`); a
+client sends the whole history with each request and may write assistant turns of its own. Those
+are context, never a target: the prompt runs up to the first sampled turn (client-written turns
+before it included), and the logged reply ends before the next assistant turn the server did not
+sample (what follows it is not learned from, as what follows the last turn is not). A trace
+without that field (imported from elsewhere) is learned from as it is.
+
     [environment]
     name = "traces"
     config = { select = { model = "support-agent", since = "2026-11-01T00:00:00Z" },
@@ -74,6 +82,23 @@ def _behaviour(message: dict[str, Any]) -> dict[str, list] | None:
     return None
 
 
+def _learned_span(messages: list[dict[str, Any]], sampled: Any, where: str) -> tuple[int, int]:
+    """Where the logged reply starts and ends: from the first assistant turn the model wrote to
+    before the next one it did not (`sampled`: the indices of the turns the server sampled; None
+    for a trace that does not say, whose assistant turns are all the model's)."""
+    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if sampled is not None and not (isinstance(sampled, list) and all(type(i) is int for i in sampled)):
+        raise EnvironmentConfigError("snapshot", f"{where}: metadata.sampled_messages must be a list of message "
+                                                 "indices")
+    written = assistant if sampled is None else [i for i in assistant if i in set(sampled)]
+    if not written or written[0] == 0:
+        raise EnvironmentConfigError("snapshot", f"{where}: expected context messages, then at least one "
+                                                 "assistant message" + ("" if sampled is None else " the model sampled"))
+    first = written[0]
+    end = next((i for i in assistant if i > first and i not in written), len(messages))
+    return first, end
+
+
 def trace_task(row: dict[str, Any], where: str, tool_calls: str = "json") -> Task:
     """One snapshot row as a task: the prompt, the logged reply and the outcome labels as columns."""
     try:
@@ -83,13 +108,10 @@ def trace_task(row: dict[str, Any], where: str, tool_calls: str = "json") -> Tas
     except (TypeError, json.JSONDecodeError) as exc:
         raise EnvironmentConfigError("snapshot", f"{where}: messages, outcome and metadata must be JSON text "
                                                  f"({exc})") from None
-    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
-    if not first:
-        raise EnvironmentConfigError("snapshot", f"{where}: expected context messages, then at least one "
-                                                 "assistant message")
+    first, end = _learned_span(messages, metadata.pop("sampled_messages", None), where)
     plain = [{"role": m["role"], "content": message_text(m, tool_calls)} for m in messages]
-    logged = LoggedReply(messages=plain[first:], behaviour=[_behaviour(m) if m["role"] == "assistant" else None
-                                                            for m in messages[first:]],
+    logged = LoggedReply(messages=plain[first:end], behaviour=[_behaviour(m) if m["role"] == "assistant" else None
+                                                               for m in messages[first:end]],
                          model=row.get("model"), model_version=row.get("model_version"))
     columns = {**{f"metadata.{k}": v for k, v in metadata.items()}, **outcome, "trace_id": row["trace_id"]}
     return Task(id=str(row["trace_id"]), prompt=plain[:first], columns=columns, logged=logged)

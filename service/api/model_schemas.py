@@ -16,6 +16,8 @@ DEPLOYMENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 class ModelFile(BaseModel):
     name: str
     bytes: int
+    sha256: str | None = None
+    """The file's SHA-256 as registered; a model server serves only files that match it."""
 
 
 class ModelOut(BaseModel):
@@ -85,7 +87,7 @@ class PromoteOut(BaseModel):
 
 class DeploymentEventOut(BaseModel):
     kind: str
-    """created, evaluating, promoted, refused or rolled_back."""
+    """created, evaluating, promoted, refused, rolled_back, key_issued or key_revoked."""
     model: str | None
     previous_model: str | None
     message: str
@@ -95,3 +97,36 @@ class DeploymentEventOut(BaseModel):
 
 class DeploymentEvents(BaseModel):
     events: list[DeploymentEventOut]
+
+
+DEPLOYMENT_KEY_ID = r"^dk_[0-9a-f]{16}$"
+
+
+class DeploymentKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")
+    """A label to recognise the key by (`support-frontend`)."""
+
+
+class DeploymentKeyOut(BaseModel):
+    id: str
+    """Also the caller's part of every trace id the model server logs for it (`dk_...:conversation`)."""
+    name: str
+    prefix: str
+    """The key's first characters, to recognise it by."""
+    key_sha256: str
+    """The key's SHA-256: what the model server compares a caller's key with (the key itself is never stored)."""
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class DeploymentKeyCreated(DeploymentKeyOut):
+    key: str
+    """The key itself, shown this once: callers send it as `Authorization: Bearer <key>` (the
+    `openai` client's `api_key`)."""
+
+
+class DeploymentKeyList(BaseModel):
+    keys: list[DeploymentKeyOut]
+    """Every key of the deployment, revoked ones included, oldest first."""

@@ -10,16 +10,32 @@ When they did not, or one is missing, a gate with an `evaluation` measures each 
 one on its held-out tasks: an evaluation job per model (`schedule.steps = 0`, no export), queued
 like any job of the team; the promotion answers 202 with the jobs, and asked again once they have
 succeeded it compares the measures. A gate without `evaluation` refuses it as not comparable.
+
+A deployment's keys are what callers of its model server (`python -m serving`) present: issued
+here (the plaintext once), stored as SHA-256 hashes, revoked by time stamp. The model server reads
+the hashes with its team's key and refreshes them with each poll of the deployment.
 """
 
 from __future__ import annotations
 
+import secrets
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.core.errors import ApiError
+from service.core.auth import hash_secret
+from service.core.errors import ApiError, not_found
 from service.core.states import TERMINAL
-from service.core.store import Deployment, DeploymentEvent, Job, ModelEvaluation, ModelVersion, Team, now
+from service.core.store import (
+    Deployment,
+    DeploymentEvent,
+    DeploymentKey,
+    Job,
+    ModelEvaluation,
+    ModelVersion,
+    Team,
+    now,
+)
 from service.jobs import logic
 from service.models.gate import Gate, HeldOut, judge, verdict_text
 from service.models.registry import held_out_environment
@@ -150,3 +166,39 @@ def rollback(session: Session, dep: Deployment) -> None:
     previous, current = dep.history[-1], dep.model_id
     dep.history, dep.model_id, dep.updated_at = dep.history[:-1], previous, now()
     _event(session, dep, "rolled_back", f"rolled back from {current} to {previous}", previous, current)
+
+
+MAX_KEYS = 100
+"""Live keys a deployment may have (its model server fetches them all on every poll)."""
+
+
+def issue_key(session: Session, dep: Deployment, name: str) -> tuple[DeploymentKey, str]:
+    """A new key for the deployment's callers: (its row, the plaintext, which is not stored)."""
+    live = session.scalars(select(DeploymentKey.id).where(DeploymentKey.deployment_id == dep.id,
+                                                          DeploymentKey.revoked_at.is_(None))).all()
+    if len(live) >= MAX_KEYS:
+        raise ApiError(409, "too_many_keys", f"{dep.name!r} has {len(live)} live keys, the most a deployment may "
+                                             "have: revoke one first")
+    key = "fwd_" + secrets.token_urlsafe(32)
+    row = DeploymentKey(deployment_id=dep.id, name=name, key_hash=hash_secret(key), prefix=key[:10])
+    session.add(row)
+    session.flush()
+    _event(session, dep, "key_issued", f"key {row.id} ({row.prefix}...) issued" + (f": {name}" if name else ""),
+           dep.model_id)
+    return row, key
+
+
+def keys(session: Session, dep: Deployment) -> list[DeploymentKey]:
+    return list(session.scalars(select(DeploymentKey).where(DeploymentKey.deployment_id == dep.id)
+                                .order_by(DeploymentKey.created_at, DeploymentKey.id)))
+
+
+def revoke_key(session: Session, dep: Deployment, key_id: str) -> DeploymentKey:
+    """Revoke the key (its model server refuses it from its next poll on); revoking it again changes nothing."""
+    row = session.get(DeploymentKey, key_id)
+    if row is None or row.deployment_id != dep.id:
+        raise not_found(f"key {key_id!r} of deployment {dep.name!r}")
+    if row.revoked_at is None:
+        row.revoked_at = now()
+        _event(session, dep, "key_revoked", f"key {row.id} ({row.prefix}...) revoked", dep.model_id)
+    return row

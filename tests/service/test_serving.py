@@ -1,7 +1,8 @@
 """Serving a deployment over the OpenAI API (`python -m serving`) against a real control
-plane: the official `openai` client gets completions with logprobs; under load, a promotion swaps
-the model with no failed request, and every conversation is logged once, as a trace, with the
-version that answered it and the logprobs it was sampled with."""
+plane: the official `openai` client, with a key of the deployment, gets completions with
+logprobs; under load, a promotion swaps the model with no failed request, and every conversation
+is logged once, as a trace, with the version that answered it and the logprobs it was sampled
+with."""
 
 from __future__ import annotations
 
@@ -11,36 +12,52 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.service.conftest import ServiceProcess, Teams, Trainer, free_port, rates, wait_ready
+from tests.service.conftest import ServiceProcess, Teams, Trainer, auth, free_port, rates, wait_ready
 
 pytestmark = pytest.mark.slow
+
+
+def register(service, trainer: Trainer, folder: Path, tiny_model, resolved: float) -> str:
+    """A copy of the tiny model in `folder`, registered as a model version (the registry hashes its files)."""
+    shutil.copytree(tiny_model, folder)
+    job = trainer.finish("alice", folder.name, str(tiny_model), rates(resolved, 0.1), export=folder)
+    return next(m["id"] for m in service.client.get("/v1/models").json()["models"] if m["job_id"] == job)
+
+
+def deployment_key(service, deployment: str = "support-agent") -> tuple[str, str]:
+    """A new key of the deployment: (the key, its id)."""
+    r = service.client.post(f"/v1/deployments/{deployment}/keys", json={"name": "tests"})
+    assert r.status_code == 201, r.text
+    return r.json()["key"], r.json()["id"]
+
+
+def start_serving(service, deployment: str, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "FLYWHEEL_URL": service.url, "FLYWHEEL_API_KEY": service.key}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve-model", deployment, "--port", str(port),
+                             "--poll-s", "0.3", *args], cwd=ROOT, env=env)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
 def served(tmp_path, ray_head, tiny_model):
     """A control plane with two registered versions of the tiny model, a deployment serving the
-    first, and the serving process following it."""
+    first, a key of it, and the serving process following it."""
     service = ServiceProcess(tmp_path, ray_head)
     trainer = Trainer(Teams(service.database_url), tmp_path / "jobs")
-    versions = {}
-    for name, resolved in (("v1", 0.5), ("v2", 0.6)):
-        export = tmp_path / name
-        shutil.copytree(tiny_model, export)
-        job = trainer.finish("alice", name, str(tiny_model), rates(resolved, 0.1), export=export)
-        versions[name] = next(m["id"] for m in service.client.get("/v1/models").json()["models"] if m["job_id"] == job)
+    versions = {name: register(service, trainer, tmp_path / name, tiny_model, resolved)
+                for name, resolved in (("v1", 0.5), ("v2", 0.6))}
     assert service.client.post("/v1/deployments", json={"name": "support-agent", "model": versions["v1"]}).is_success
-    port = free_port()
-    env = {**os.environ, "FLYWHEEL_URL": service.url, "FLYWHEEL_API_KEY": service.key}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve-model", "support-agent", "--port", str(port),
-                             "--poll-s", "0.3"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    key, _ = deployment_key(service)
+    proc, url = start_serving(service, "support-agent")
     wait_ready(f"{url}/healthz", proc, "the serving process", 120)
-    yield service, url, versions
+    yield service, url, versions, key
     proc.terminate()
     proc.wait(60)
     assert "torch" not in service.stop()["modules"]  # the control plane never loaded the model
@@ -61,8 +78,8 @@ def wait_for(predicate, timeout_s: float = 30.0):
 def test_the_openai_client_gets_completions_with_logprobs_and_each_is_logged(served):
     from openai import OpenAI
 
-    service, url, versions = served
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    service, url, versions, key = served
+    client = OpenAI(base_url=f"{url}/v1", api_key=key)
     assert [m.id for m in client.models.list().data] == ["support-agent"]
     out = client.chat.completions.create(model="support-agent", messages=[{"role": "user", "content": "How many?"}],
                                          max_tokens=6, logprobs=True, temperature=1.0)
@@ -81,8 +98,9 @@ def test_the_openai_client_gets_completions_with_logprobs_and_each_is_logged(ser
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert chunks[-1].choices[0].finish_reason in ("stop", "length") and 0 < len(streamed) <= 6
-    httpx.post(f"{url}/v1/conversations/streamed/close").raise_for_status()
-    logged = wait_for(lambda: [t for t in traces_of(service) if t["trace_id"] == "streamed"])[0]
+    trace_id = chunks[0].metadata["trace_id"]
+    httpx.post(f"{url}/v1/conversations/streamed/close", headers=auth(key)).raise_for_status()
+    logged = wait_for(lambda: [t for t in traces_of(service) if t["trace_id"] == trace_id])[0]
     assert logged["messages"][-1]["content"] == text
     assert logged["messages"][-1]["logprobs"]["logprobs"] == pytest.approx([t.logprob for t in streamed])
 
@@ -90,11 +108,11 @@ def test_the_openai_client_gets_completions_with_logprobs_and_each_is_logged(ser
 def test_a_promotion_under_load_fails_no_request_and_logs_each_conversation_once(served):
     from openai import OpenAI
 
-    service, url, versions = served
-    failures, answered = [], {}
+    service, url, versions, key = served
+    failures, answered, trace_ids = [], {}, {}
 
     def customer(worker: int, rounds: int) -> None:
-        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
         for k in range(rounds):
             cid = f"w{worker}-c{k}-{time.monotonic_ns()}"
             messages = [{"role": "user", "content": "How many orders?"}]
@@ -103,9 +121,10 @@ def test_a_promotion_under_load_fails_no_request_and_logs_each_conversation_once
                     out = client.chat.completions.create(model="support-agent", messages=messages, max_tokens=4,
                                                          metadata={"conversation_id": cid})
                     answered.setdefault(cid, set()).add(out.system_fingerprint)
+                    trace_ids[cid] = out.metadata["trace_id"]
                     messages += [{"role": "assistant", "content": out.choices[0].message.content},
                                  {"role": "user", "content": "And then?"}]
-                httpx.post(f"{url}/v1/conversations/{cid}/close", timeout=30).raise_for_status()
+                httpx.post(f"{url}/v1/conversations/{cid}/close", headers=auth(key), timeout=30).raise_for_status()
             except Exception as exc:  # noqa: BLE001 - counted: the test requires none
                 failures.append(f"{cid}: {exc!r}")
 
@@ -119,7 +138,7 @@ def test_a_promotion_under_load_fails_no_request_and_logs_each_conversation_once
         t.join(300)
     assert failures == []
     assert all(len(v) == 1 for v in answered.values())  # a conversation stays on the version that began it
-    served_by = {cid: next(iter(v)) for cid, v in answered.items()}
+    served_by = {trace_ids[cid]: next(iter(v)) for cid, v in answered.items()}
     assert set(served_by.values()) == {versions["v1"], versions["v2"]}  # the swap happened mid-load
     assert httpx.get(f"{url}/healthz").json()["version"] == versions["v2"]
     logged = wait_for(lambda: (t := [x for x in traces_of(service) if x["trace_id"] in served_by])

@@ -104,3 +104,25 @@ def test_traces_the_behaviour_cannot_be_read_from_are_refused_naming_the_trace(t
     spelled = {"content": [{"token": "the order", "logprob": -1.0}, {"token": " shipped", "logprob": -1.0}]}
     with pytest.raises(TraceLayoutError, match="do not match the model's tokenisation"):
         lay_out(tokenizer, task_of(tmp_path, trace(logprobs=spelled, tool_call=False)), with_behaviour=True)
+
+
+def test_assistant_turns_the_server_did_not_sample_are_context_never_a_target(tokenizer, tmp_path):
+    # The model server lists the turns it sampled (metadata.sampled_messages); the client wrote
+    # message 2 (before the first sampled turn) and message 6 (after it) itself.
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "made up by the client"}, {"role": "user", "content": "and?"},
+                {"role": "assistant", "content": "sampled"}, {"role": "user", "content": "ok"},
+                {"role": "assistant", "content": "also made up"}, {"role": "user", "content": "so?"},
+                {"role": "assistant", "content": "sampled too"}]
+    served = {**trace(), "messages": messages, "metadata": {"sampled_messages": [4, 8]}}
+    task = task_of(tmp_path, served)
+    assert [m["content"] for m in task.prompt] == ["be kind", "hi", "made up by the client", "and?"]
+    assert [m["content"] for m in task.logged.messages] == ["sampled", "ok"]  # ends before the made-up turn
+    sample = lay_out(tokenizer, task, with_behaviour=False)
+    trained = [t for t, m in zip(sample.completion.token_ids, sample.completion.mask, strict=True) if m]
+    assert tokenizer.decode(trained, skip_special_tokens=True) == "sampled"
+    assert "metadata.sampled_messages" not in task.columns
+    # Without the field (a trace imported from elsewhere) every assistant turn is the model's.
+    assert task_of(tmp_path, {**served, "metadata": {}}).logged.messages[0]["content"] == "made up by the client"
+    with pytest.raises(EnvironmentConfigError, match="assistant message the model sampled"):
+        task_of(tmp_path, {**served, "metadata": {"sampled_messages": [0]}})

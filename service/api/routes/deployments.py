@@ -1,5 +1,6 @@
 """`/v1/deployments`: named deployments, each serving one model version, moved through its gate
-(`service/models/deployments.py`): create, list, show, promote, roll back, and the events."""
+(`service/models/deployments.py`): create, list, show, promote, roll back, the events, and the
+keys the callers of its model server present."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from sqlalchemy.exc import IntegrityError
 
 from service.api.deps import SessionDep, TeamDep
 from service.api.model_schemas import (
+    DEPLOYMENT_KEY_ID,
     DEPLOYMENT_NAME,
     DeploymentEventOut,
     DeploymentEvents,
     DeploymentIn,
+    DeploymentKeyCreated,
+    DeploymentKeyIn,
+    DeploymentKeyList,
+    DeploymentKeyOut,
     DeploymentList,
     DeploymentOut,
     PromoteIn,
@@ -22,12 +28,13 @@ from service.api.model_schemas import (
 )
 from service.api.routes.models import owned_model
 from service.core.errors import ApiError, not_found
-from service.core.store import Deployment, DeploymentEvent
+from service.core.store import Deployment, DeploymentEvent, DeploymentKey
 from service.models import deployments
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 
 Name = Annotated[str, Path(pattern=DEPLOYMENT_NAME)]
+KeyId = Annotated[str, Path(pattern=DEPLOYMENT_KEY_ID)]
 
 
 def deployment_out(d: Deployment) -> DeploymentOut:
@@ -98,3 +105,32 @@ def events(name: Name, session: SessionDep, team: TeamDep) -> DeploymentEvents:
     return DeploymentEvents(events=[DeploymentEventOut(kind=e.kind, model=e.model_id, previous_model=e.previous_model_id,
                                                        message=e.message, verdict=e.verdict, created_at=e.created_at)
                                     for e in rows])
+
+
+def key_out(k: DeploymentKey) -> DeploymentKeyOut:
+    return DeploymentKeyOut(id=k.id, name=k.name, prefix=k.prefix, key_sha256=k.key_hash, created_at=k.created_at,
+                            revoked_at=k.revoked_at)
+
+
+@router.post("/{name}/keys", status_code=201)
+def create_key(name: Name, session: SessionDep, team: TeamDep, body: DeploymentKeyIn | None = None
+               ) -> DeploymentKeyCreated:
+    """A key for the callers of the deployment's model server; the key itself is in this answer only."""
+    row, key = deployments.issue_key(session, owned_deployment(session, team, name), (body or DeploymentKeyIn()).name)
+    session.commit()
+    return DeploymentKeyCreated(**key_out(row).model_dump(), key=key)
+
+
+@router.get("/{name}/keys")
+def list_keys(name: Name, session: SessionDep, team: TeamDep) -> DeploymentKeyList:
+    """The deployment's keys (their hashes, never the keys), revoked ones included: what its model
+    server accepts, refreshed on every poll."""
+    return DeploymentKeyList(keys=[key_out(k) for k in deployments.keys(session, owned_deployment(session, team, name))])
+
+
+@router.delete("/{name}/keys/{key_id}")
+def revoke_key(name: Name, key_id: KeyId, session: SessionDep, team: TeamDep) -> DeploymentKeyOut:
+    """Revoke the key: the model server refuses it from its next poll of the deployment on."""
+    row = deployments.revoke_key(session, owned_deployment(session, team, name), key_id)
+    session.commit()
+    return key_out(row)
