@@ -5,6 +5,8 @@ old model), rollback, events for every change and refusal, team isolation, and b
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from sqlalchemy import select
 
@@ -28,7 +30,9 @@ def test_every_succeeded_job_is_a_model_version_with_its_lineage(client, teams, 
     bob, _ = teams.key("bob")
     first = model_of(client, alice, trainer.finish("alice", "warm", "runs/desk-model", rates(0.5, 0.1)))
     assert first["kind"] == "policy" and first["parent_id"] is None and first["lineage"] == []
-    assert first["files"] == [{"name": "config.json", "bytes": 2}, {"name": "model.safetensors", "bytes": 1000}]
+    assert first["files"] == [
+        {"name": "config.json", "bytes": 2, "sha256": hashlib.sha256(b"{}").hexdigest()},
+        {"name": "model.safetensors", "bytes": 1000, "sha256": hashlib.sha256(b"\0" * 1000).hexdigest()}]
     assert first["size_bytes"] == 1002 and first["rewards"] == [{"name": "resolution", "weight": 1.0}]
     assert first["evaluation"]["after"]["metrics"]["eval/resolved_rate"] == 0.5
     assert first["eval_environment"] == {"name": "support_desk", "config": {"eval_size": 50, "max_turns": 5}}
@@ -216,7 +220,8 @@ def test_a_job_read_before_its_finished_report_still_registers_its_export(tmp_pa
         s.flush()
         spec = parse_spec({"name": "j", "model": {"path": str(tiny_model)}, "environment": {"name": "support_desk"},
                            "rewards": [{"name": "resolution"}]}).model_dump(mode="json")
-        s.add(Job(id="job_1", team_id=team.id, name="j", state=JobState.running, spec=spec, steps=1))
+        s.add(Job(id="job_1", team_id=team.id, name="j", state=JobState.running, spec=spec, steps=1,
+                  run_dir=str(tmp_path)))
         s.commit()
     with sessions() as scheduler:
         job = scheduler.get(Job, "job_1")                        # read at the start of a tick
