@@ -71,6 +71,11 @@ def _load_import_path(import_path: str) -> Callable[..., Any]:
             module = importlib.import_module(target)
     except (ImportError, FileNotFoundError) as exc:
         raise UnknownRewardError(f"import_path {import_path!r}: cannot import {target!r}: {exc}") from None
+    except MemoryError:
+        raise  # the checks name their memory limit
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed as it was imported: name it
+        raise UnknownRewardError(f"import_path {import_path!r}: importing {target!r} raised "
+                                 f"{type(exc).__name__}: {exc}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UnknownRewardError(f"import_path {import_path!r}: {target!r} has no callable {attr!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainer.spec.algorithms import AlgorithmSpec, GRPOSpec, StrictModel
 
@@ -21,9 +21,42 @@ TIS_CAP_AUTO = 2.0
 Dtype = Literal["float32", "bfloat16"]
 
 
+def _first_nul(value: Any, where: list[str]) -> list[str] | None:
+    """The key path of the first string in a config that holds a NUL (of the mapping, for a key)."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = _first_nul(item, [*where, str(key)])
+        if found is not None:
+            return found
+    return None
+
+
+def nul_free_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config (an environment's or a reward module's) whose strings hold no NUL: its path fields
+    are known only to the module that reads them, and no file call takes a NUL, so none may."""
+    found = _first_nul(config, [])
+    if found is not None:
+        raise ValueError(".".join(found) + (": " if found else "") + "a NUL character is not allowed here "
+                         "(no path can hold one)")
+    return config
+
+
+def usable_path(path: str) -> str:
+    """A path the filesystem can take: Linux refuses a part over 255 bytes or a whole over 4096."""
+    if len(path.encode()) > 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
+        raise ValueError("not a usable path: at most 4096 bytes, and 255 in each part between slashes")
+    return path
+
+
 class ModelSpec(StrictModel):
     path: str = Field(min_length=1)
     """Base model: a local directory in Hugging Face format, or a hub id (the machine must reach the hub)."""
+
+    _usable_path = field_validator("path")(usable_path)
 
     dtype: Dtype = "float32"
     """Parameter dtype of the policy, in the learner and the rollout engines unless `learner.dtype`
@@ -36,6 +69,8 @@ class EnvironmentSpec(StrictModel):
 
     config: dict[str, Any] = Field(default_factory=dict)
     """The environment's own config; validated by the environment's config model."""
+
+    _config_nul_free = field_validator("config")(nul_free_config)
 
 
 class RewardSpec(StrictModel):
@@ -50,6 +85,8 @@ class RewardSpec(StrictModel):
 
     config: dict[str, Any] = Field(default_factory=dict)
     """Parameters for a module that declares a config model."""
+
+    _config_nul_free = field_validator("config")(nul_free_config)
 
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Time limit for one batched call; past it the batch's samples are marked failed."""
@@ -66,6 +103,11 @@ class RewardSpec(StrictModel):
             raise ValueError("set exactly one of `name` (registered module) or `import_path` (pkg.mod:fn)")
         if self.import_path is not None and ":" not in self.import_path:
             raise ValueError("import_path must look like `package.module:function` or `file.py:function`")
+        if self.import_path is not None:
+            try:
+                usable_path(self.import_path)
+            except ValueError as exc:
+                raise ValueError(f"import_path: {exc}") from None
         return self
 
     @property
@@ -227,11 +269,17 @@ class WarmStartSpec(StrictModel):
     """Demonstration conversations: JSONL, one `{"messages": [...]}` chat per line. The model is
     trained on the assistant turns only; the system, user and tool messages are context."""
 
+    _usable_path = field_validator("data")(usable_path)
+
     epochs: float = Field(default=1.0, gt=0, le=10_000)
     """Passes over the demonstrations (fractions allowed)."""
 
     lr: float = Field(default=1e-4, gt=0, le=1)
     """Learning rate of the supervised stage (the RL stage then uses `learner.lr`)."""
+
+    max_file_mb: int = Field(default=1024, ge=1, le=1_048_576)
+    """Largest demonstrations file, in MiB; a larger one is refused before it is read (the warm
+    start holds every conversation in memory)."""
 
 
 class LoggingSpec(StrictModel):
@@ -272,6 +320,8 @@ class JobSpec(StrictModel):
 
     output_dir: str = "runs"
     """Checkpoints, the exported model and wandb files go to `output_dir/name`."""
+
+    _usable_path = field_validator("output_dir")(usable_path)
 
     @model_validator(mode="before")
     @classmethod
