@@ -151,7 +151,7 @@ def answers():
     _Answers.BOMB = b"".join([*chunks, deflate.compress(b'"}'), deflate.flush()])
     _Answers.sent = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
 
