@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.launcher = await asyncio.to_thread(RayJobsLauncher, address, PROJECT_DIR)
         app.state.checks = ClusterChecks(app.state.launcher, settings.runs_dir / "checks",
                                          settings.max_concurrent_checks, settings.max_checks_per_team)
+        app.state.checks.memory_mb = settings.check_memory_mb
         scheduler = Scheduler(app.state.sessions, app.state.launcher, settings)
         if settings.launch:
             if await asyncio.to_thread(scheduler.elect):

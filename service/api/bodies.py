@@ -113,7 +113,9 @@ class BodyLimit:
         body, replayed = b"".join(chunks), False
         if body and (found := problem(body)) is not None:
             field, what = found
-            return await errors.json_error(422, "invalid_request", f"{field}: {what}", field)(scope, receive, send)
+            refusal = errors.json_error(422, "invalid_request", f"{field}: {what}", field,
+                                        [{"field": field, "message": what}])
+            return await refusal(scope, receive, send)
 
         async def replay():
             nonlocal replayed

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     dry_run_timeout_s: float = 600.0
     """Time limit for `POST /v1/jobs:validate?dry_run=N` (checks, model load, rollouts, scoring)."""
 
+    check_memory_mb: int | None = None
+    """Memory limit of each check on the cluster, in MiB; unset: the check's own default (4 GiB,
+    16 GiB for a dry run). Past it the request fails with `check_memory_limit`, naming the field."""
+
     max_concurrent_checks: int = 4
     """Checks beyond each team's first that this service runs on the cluster at once (each is a
     Python process); others wait. A team's first check always runs at once, on a slot of its own,

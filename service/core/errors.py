@@ -43,9 +43,10 @@ def _body(code: str, message: str, field: str | None, errors: list | None = None
     return body
 
 
-def json_error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+def json_error(status: int, code: str, message: str, field: str | None = None,
+               errors: list[dict[str, str]] | None = None) -> JSONResponse:
     """The error shape as a response, for code outside the exception handlers (middleware)."""
-    return JSONResponse(_body(code, message, field), status_code=status)
+    return JSONResponse(_body(code, message, field, errors), status_code=status)
 
 
 def install(app: FastAPI) -> None:
