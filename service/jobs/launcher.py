@@ -24,6 +24,9 @@ from pathlib import Path
 import psutil
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
+from service.core.errors import ApiError
+from trainer.spec.placement import job_roles, unfit
+
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
            # `ray start --node-ip-address 127.0.0.1` would replace loopback with the machine's
            # address (a cluster must be reachable); Ray's single-machine mode keeps it.
@@ -74,6 +77,10 @@ class LocalRayHead:
         self.address = f"http://127.0.0.1:{dashboard_port}"
         # Ray's socket paths live under it and must stay short: keep it in /tmp, not the runs folder.
         self.temp_dir = temp_dir or Path(tempfile.gettempdir()) / f"flywheel-ray-{dashboard_port}"
+
+    def gcs_address(self) -> str:
+        """The head's GCS address (`host:port`), which another node joins with `ray start --address`."""
+        return (self.temp_dir / "ray_current_cluster").read_text().strip()
 
     def running(self) -> bool:
         """Whether a head already answers on our dashboard port (left by a service that was killed,
@@ -137,6 +144,9 @@ class LocalRayHead:
 
 
 AGENT_WAIT_S = 60
+CAPACITY_TTL_S = 5.0
+"""How long one answer about the cluster's nodes serves submissions (they come in bursts)."""
+CAPACITY_TIMEOUT_S = 3.0
 TOKEN_FILE = "report-token"
 """In the job's run folder until its trainer starts and deletes it."""
 CHECK_NICENESS = 10
@@ -169,6 +179,7 @@ class RayJobsLauncher:
         self.address, self.project_dir = address, project_dir
         self.python = python or sys.executable
         self.client = self._connect(JobSubmissionClient, address)
+        self._capacity: tuple[float, list[dict[str, float]] | None] = (-CAPACITY_TTL_S, None)
 
     @staticmethod
     def _connect(cls, address: str, attempts: int = 60):
@@ -247,3 +258,39 @@ class RayJobsLauncher:
             return "ok"
         except Exception as exc:  # noqa: BLE001 - readiness reports it
             return f"error: {exc}"
+
+    def capacity(self) -> list[dict[str, float]] | None:
+        """Each live node's total resources (the dashboard's state API), the same answer for
+        CAPACITY_TTL_S; None when the cluster cannot be asked."""
+        at, nodes = self._capacity
+        if time.monotonic() - at < CAPACITY_TTL_S:
+            return nodes
+        nodes = self._live_nodes()
+        self._capacity = (time.monotonic(), nodes)
+        return nodes
+
+    def _live_nodes(self) -> list[dict[str, float]] | None:
+        import httpx
+
+        try:
+            answer = httpx.get(f"{self.address}/api/v0/nodes", headers=ray_auth_headers(), timeout=CAPACITY_TIMEOUT_S,
+                               params={"detail": "true", "limit": 10_000, "filter_keys": "state",
+                                       "filter_predicates": "=", "filter_values": "ALIVE"})
+            answer.raise_for_status()
+            rows = answer.json()["data"]["result"]["result"]
+            return [{k: float(v) for k, v in row["resources_total"].items()} for row in rows if row["state"] == "ALIVE"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None  # not refusing anything on a cluster we cannot see
+
+    def fits(self, spec) -> None:
+        """422 naming the field when the cluster could never place the job's actors
+        (`trainer/spec/placement.py`: one actor bigger than every node, more CPUs, GPUs or custom
+        resources than the cluster has in all); nothing when it may, or when the cluster cannot
+        be asked. Capacity, not what is free: a busy cluster's jobs wait in the queue."""
+        nodes = self.capacity()
+        if not nodes:
+            return
+        refusal = unfit(job_roles(spec, gpus=any(n.get("GPU", 0.0) > 0 for n in nodes)), nodes)
+        if refusal is not None:
+            field, why = refusal
+            raise ApiError(422, "exceeds_cluster", f"{field}: {why}", field)

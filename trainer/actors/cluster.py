@@ -4,7 +4,10 @@ It runs in the driver; the actors it starts are the other modules of this packag
 
 With no `RAY_ADDRESS` a local Ray starts in-process; with it, the job joins that cluster. Each
 actor reserves a fractional CPU share and runs torch on one thread, so a 2-core machine fits two
-rollout workers, two learner ranks and a reward worker without oversubscribing its cores.
+rollout workers, two learner ranks and a reward worker without oversubscribing its cores. The
+bundles are `trainer/spec/placement.py`'s, which the control plane checks against the cluster at
+submission; a role's custom resources (`rollout.resources`, `learner.resources`) put its actors
+on the nodes that have them (README, "Scale out").
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from trainer.actors.critic import Critic
 from trainer.actors.learner import Learner
 from trainer.actors.reward_worker import RewardWorker
 from trainer.actors.rollout_worker import RolloutWorker
+from trainer.spec.placement import REWARD_WORKER_CPUS, Role, bundles, holds, job_roles, unfit
 
-REWARD_WORKER_CPUS = 0.1
-PLACEMENT_TIMEOUT_S = 120
+LOST_NODES_NAMED = 3
 
 # Quiet, single-threaded actors; the driver's import path so `import_path` rewards resolve there too.
 _ACTOR_ENV = {
@@ -79,18 +82,50 @@ class JobActors:
         remove_placement_group(self.pg)
 
 
-def _reserve(bundles: list[dict]):
-    """A placement group for the bundles, or a clear error when the cluster cannot place it."""
-    pg = placement_group(bundles, strategy="PACK")
+def _reserve(roles: list[Role], timeout_s: float):
+    """A placement group for the roles' bundles, or, past `timeout_s`, a clear error: what the
+    job needs, what the live nodes lack, and the nodes that had it and died."""
+    pg = placement_group(bundles(roles), strategy="PACK")
     try:
-        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
-        need, gpus = sum(b["CPU"] for b in bundles), sum(b.get("GPU", 0) for b in bundles)
-        raise RuntimeError(f"the cluster could not place this job within {PLACEMENT_TIMEOUT_S} s: it needs "
-                           f"{need:g} CPUs{f' and {gpus} GPUs' if gpus else ''} "
-                           f"(resources now free: {ray.available_resources()})") from None
+        raise RuntimeError(f"the cluster could not place this job within {timeout_s:g} s: "
+                           + _why_unplaced(roles)) from None
     return pg
+
+
+def _why_unplaced(roles: list[Role]) -> str:
+    live = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    refusal = unfit(roles, live)
+    if refusal is None:
+        need = bundles(roles)
+        why = (f"it needs {sum(b['CPU'] for b in need):g} CPUs at once, which the live nodes have in all but "
+               f"not free (resources now free: {ray.available_resources()})")
+    else:
+        why = f"{refusal[0]}: {refusal[1]}"
+    short = [r for r in roles if r.count > sum(holds(n, r.bundle) for n in live)]
+    lost = _lost_nodes(short)
+    if lost:
+        why += "; " + ("the node that had them died: " if len(lost) == 1 else "the nodes that had them died: ") + \
+            ", ".join(lost)
+    return why
+
+
+def _lost_nodes(roles: list[Role]) -> list[str]:
+    """The dead nodes (the latest first) that could hold an actor of these roles, each as
+    `id (address, reason)`; none where the cluster's state cannot be read."""
+    if not roles:
+        return []
+    try:
+        from ray.util.state import list_nodes
+
+        dead = list_nodes(filters=[("state", "=", "DEAD")], detail=True, raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - the dead nodes are context for an error already on its way
+        return []
+    could = [n for n in dead if any(holds(n.resources_total or {}, r.bundle) for r in roles)]
+    could.sort(key=lambda n: n.end_time_ms or 0, reverse=True)
+    return [f"{n.node_id} ({n.node_ip}, {n.state_message or 'dead'})" for n in could[:LOST_NODES_NAMED]]
 
 
 def _in_bundle(pg, index: int, cpus: float, gpus: float) -> dict:
@@ -109,15 +144,11 @@ def start_actors(spec) -> JobActors:
     critic_ranks = spec.algorithm.critic_world_size(learner.ranks)
     share = 0.5 if colocate else gpu
 
-    def bundle(cpus: float) -> dict:
-        return {"CPU": cpus, "GPU": gpu} if gpu else {"CPU": cpus}
-
-    bundles = ([] if colocate else [bundle(rollout.num_cpus)] * rollout.workers)
-    bundles += [bundle(learner.num_cpus + (rollout.num_cpus if colocate else 0))] * learner.ranks
-    bundles += [bundle(learner.num_cpus)] * critic_ranks + [{"CPU": REWARD_WORKER_CPUS}]
+    roles = job_roles(spec, gpus=bool(gpu))
+    reward_bundle = sum(r.count for r in roles) - 1
     first_learner = 0 if colocate else rollout.workers  # worker i sits in bundle i: its own, or rank i's
     first_critic = first_learner + learner.ranks
-    pg = _reserve(bundles)
+    pg = _reserve(roles, spec.schedule.placement_timeout_s)
 
     def opts(index: int, cpus: float, gpus: float):
         return _in_bundle(pg, index, cpus, gpus)
@@ -139,7 +170,7 @@ def start_actors(spec) -> JobActors:
     critics = [ray.remote(Critic).options(**opts(first_critic + r, learner.num_cpus, gpu))
                .remote(r, critic_ranks, cores.rank_threads, slot(cores.first_rank_slot + r))
                for r in range(critic_ranks)]
-    rewarder = ray.remote(RewardWorker).options(**opts(len(bundles) - 1, REWARD_WORKER_CPUS, 0)).remote(spec.rewards)
+    rewarder = ray.remote(RewardWorker).options(**opts(reward_bundle, REWARD_WORKER_CPUS, 0)).remote(spec.rewards)
     transfer = rollout.vllm.weight_transfer if rollout.engine == "vllm" else "object_store"
     actors = JobActors(workers, learners, rewarder, pg, learner.zero_stage, critics=critics, weight_transfer=transfer)
     try:
@@ -182,7 +213,7 @@ def start_classifiers(spec) -> ClassifierActors:
     """The outcome model's ranks (`learner.ranks`, each `learner.num_cpus`), set up."""
     learner = spec.learner
     gpu = 1 if _cluster_has_gpus() else 0
-    pg = _reserve([{"CPU": learner.num_cpus, **({"GPU": gpu} if gpu else {})}] * learner.ranks)
+    pg = _reserve(job_roles(spec, gpus=bool(gpu)), spec.schedule.placement_timeout_s)
     pin = local_cpu_cores()
     threads = threads_each(learner.ranks, local_core_count()) if pin else 1
     ranks = [ray.remote(OutcomeClassifier).options(**_in_bundle(pg, r, learner.num_cpus, gpu))

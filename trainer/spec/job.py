@@ -8,9 +8,9 @@ rules live in validators so that a bad spec is refused once, up front, with the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from trainer.spec.algorithms import AlgorithmSpec, GRPOSpec, StrictModel
 
@@ -19,6 +19,27 @@ TIS_CAP_AUTO = 2.0
 (vLLM, another dtype, asynchronous rollout); Yao et al., 2025, use 2."""
 
 Dtype = Literal["float32", "bfloat16"]
+
+MAX_ACTORS_PER_ROLE = 256
+"""Most rollout workers, learner ranks or critic ranks a job may ask for: each is a Ray actor, a
+process with a copy of the model, and a cluster this service schedules runs far fewer."""
+MIN_ACTOR_CPUS = 0.01
+"""Least CPU share an actor may reserve: below it Ray packs more torch processes onto a core than
+it can run (and Ray counts resources in 1/10,000ths, so a smaller share can round to nothing)."""
+
+ResourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,100}$")]
+CustomResources = Annotated[dict[ResourceName, Annotated[float, Field(gt=0, le=1e6)]], Field(max_length=16)]
+BUILT_IN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def custom_only(resources: dict[str, float]) -> dict[str, float]:
+    """Custom Ray resources, none of Ray's own: an actor's CPUs are its `num_cpus`, and on a
+    cluster with GPUs each actor gets one."""
+    taken = [k for k in resources if k in BUILT_IN_RESOURCES]
+    if taken:
+        raise ValueError(f"{taken[0]!r} is not a custom resource (CPUs are `num_cpus`; on a cluster with GPUs "
+                         "each actor gets one)")
+    return resources
 
 
 def _first_nul(value: Any, where: list[str]) -> list[str] | None:
@@ -159,7 +180,7 @@ class RolloutSpec(StrictModel):
     vllm: VLLMSpec = Field(default_factory=VLLMSpec)
     """The vLLM engine's settings (only read with `engine = "vllm"`)."""
 
-    workers: int = Field(default=2, ge=1, le=1024)
+    workers: int = Field(default=2, ge=1, le=MAX_ACTORS_PER_ROLE)
     """Rollout worker actors; prompts are split evenly across them."""
 
     prompts_per_step: int = Field(default=4, ge=1, le=65_536)
@@ -174,8 +195,15 @@ class RolloutSpec(StrictModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling mass."""
 
-    num_cpus: float = Field(default=0.4, gt=0, le=1024)
+    num_cpus: float = Field(default=0.4, ge=MIN_ACTOR_CPUS, le=1024)
     """Ray CPUs each worker reserves (fractional, so small machines fit every actor)."""
+
+    resources: CustomResources = Field(default_factory=dict)
+    """Custom Ray resources each worker reserves besides its CPUs: the workers run only on nodes
+    that have them, e.g. `{"rollout_node": 0.01}` on nodes started with `ray start --resources
+    '{"rollout_node": 1}'` (README, "Scale out"). Empty: any node."""
+
+    _custom_only = field_validator("resources")(custom_only)
 
     max_staleness: int = Field(default=0, ge=0, le=64)
     """Asynchronous rollout: the workers generate the batches of up to this many steps ahead
@@ -207,7 +235,7 @@ class LoraSpec(StrictModel):
 
 
 class LearnerSpec(StrictModel):
-    ranks: int = Field(default=2, ge=1, le=1024)
+    ranks: int = Field(default=2, ge=1, le=MAX_ACTORS_PER_ROLE)
     """DeepSpeed data-parallel ranks (one Ray actor each)."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -225,8 +253,14 @@ class LearnerSpec(StrictModel):
     grad_clip: float = Field(default=1.0, gt=0, le=1e6)
     """Global gradient-norm clip."""
 
-    num_cpus: float = Field(default=0.4, gt=0, le=1024)
+    num_cpus: float = Field(default=0.4, ge=MIN_ACTOR_CPUS, le=1024)
     """Ray CPUs each rank reserves."""
+
+    resources: CustomResources = Field(default_factory=dict)
+    """Custom Ray resources each rank (and each critic rank) reserves besides its CPUs: the ranks
+    run only on nodes that have them, e.g. `{"learner_node": 0.01}`. Empty: any node."""
+
+    _custom_only = field_validator("resources")(custom_only)
 
     lora: LoraSpec | None = None
     """Train low-rank adapters instead of every weight (raise `lr` with it: 1e-4 to 1e-3 is usual)."""
@@ -262,6 +296,10 @@ class ScheduleSpec(StrictModel):
 
     restart_backoff_s: float = Field(default=5.0, ge=0, le=3600)
     """Wait before the first restart; each later one waits twice as long as the one before."""
+
+    placement_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    """How long the job waits for the cluster to place its actors, at its start and at each
+    restart, before it fails naming what it needs (and the node that had it, where one died)."""
 
 
 class WarmStartSpec(StrictModel):
@@ -336,6 +374,14 @@ class JobSpec(StrictModel):
         if self.rollout.engine == "vllm" and vllm.sleep and self.rollout.workers != self.learner.ranks:
             raise ValueError(f"rollout.vllm.sleep: each rollout worker shares a GPU with one learner rank, so "
                              f"rollout.workers ({self.rollout.workers}) must equal learner.ranks ({self.learner.ranks})")
+        return self
+
+    @model_validator(mode="after")
+    def _critic_ranks_bounded(self) -> JobSpec:
+        critics = self.algorithm.critic_world_size(self.learner.ranks)
+        if critics > MAX_ACTORS_PER_ROLE:
+            raise ValueError(f"algorithm.critic_ranks: {critics} critic ranks; expected at most {MAX_ACTORS_PER_ROLE} "
+                             "(each is a Ray actor with a copy of the value model)")
         return self
 
     @model_validator(mode="after")

@@ -58,6 +58,7 @@ async def create(request: Request, response: Response, session: SessionDep, team
     if replay is not None:
         response.status_code = 200
         return await run_in_threadpool(job_out, session, replay)
+    await run_in_threadpool(request.app.state.launcher.fits, valid)  # 422 where the cluster could never hold it
     await run_in_threadpool(logic.check_queue_room, session, team, settings.max_queued_jobs_per_team)
     # A selection of the team's traces is frozen now, so the checks read the data the job trains on.
     frozen = await run_in_threadpool(snapshot.freeze, session, team.id, valid, settings.runs_dir)
@@ -83,6 +84,7 @@ async def validate(request: Request, team: TeamDep, checks: ChecksDep, spec: Spe
     settings = request.app.state.settings
     checks.admit(team.id, settings.dry_run_timeout_s if dry_run else settings.check_timeout_s)
     valid = parse_spec(spec)
+    await run_in_threadpool(request.app.state.launcher.fits, valid)  # 422 where the cluster could never hold it
     result = await checks.run(PreflightRequest(spec=valid.model_dump(mode="json"), dry_run=dry_run,
                                                data_roots=request.app.state.data_roots),
                               settings.dry_run_timeout_s if dry_run else settings.check_timeout_s, team.id)
