@@ -47,15 +47,15 @@ def check_files(version: str, path: str, files: list[dict]) -> None:
         raise ModelRefused(f"{version} is registered without file hashes ({', '.join(unhashed[:3])}"
                            f"{', ...' if len(unhashed) > 3 else ''}): a deployment serves only hashed files")
     if not folder.is_dir():
-        raise ModelRefused(f"{version}: its folder {folder} is gone")
+        raise ModelRefused(f"{version}: its folder is gone")
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
     extra = sorted(present - {f["name"] for f in files})
     if extra:
-        raise ModelRefused(f"{version}: {folder} holds files the registry did not record: {', '.join(extra[:5])}")
+        raise ModelRefused(f"{version}: its folder holds files the registry did not record: {', '.join(extra[:5])}")
     for f in files:
         file = folder / f["name"]
         if not file.resolve().is_relative_to(folder) or not file.is_file():
-            raise ModelRefused(f"{version}: {f['name']} is missing from {folder}")
+            raise ModelRefused(f"{version}: {f['name']} is missing from its folder")
         if file.stat().st_size != f["bytes"]:
             raise ModelRefused(f"{version}: {f['name']} is {file.stat().st_size:,} bytes, registered as "
                                f"{f['bytes']:,}: the model changed after registration")

@@ -124,6 +124,14 @@ def test_a_conversation_its_trace_and_its_closing_belong_to_the_caller(guarded):
     for bad in ("has space", "-starts-with-a-dash", "x" * 181):
         r = chat(g.open, g.alice, bad)
         assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.conversation_id", r.text
+    # The demos' customers and outcome reports go through the trace id the server answers with.
+    from demos.customers import serve_customers
+    from demos.flywheel import report_outcomes
+
+    (ticket,) = serve_customers(f"{g.open}/v1", DEPLOYMENT, g.bob, [7], concurrency=1, max_turns=2, max_tokens=3)
+    assert ticket.trace_id.startswith(f"{g.bob_id}:ticket-7-")
+    report_outcomes(g.service.client, [ticket])
+    assert g.service.client.get(f"/v1/traces/{ticket.trace_id}").json()["outcome"] == ticket.outcome
 
 
 def test_assistant_turns_the_client_wrote_are_never_trained_on(guarded, tmp_path):
@@ -207,21 +215,25 @@ def test_every_request_is_bounded(guarded):
     close(g.tight, g.alice, "a0").raise_for_status()
     assert chat(g.tight, g.bob, "b2").status_code == 200
     # The queue (4 waiting or running) and the deadline (0.5 s): twelve long replies at once, each
-    # sampled apart (temperatures differ), get 200, 429 with Retry-After, or a timeout error in time.
+    # sampled apart (temperatures differ), get 200, 429 with Retry-After, or a timeout error in time
+    # (a burst whose admitted replies all happen to end early is sent again).
     answers: list[tuple[httpx.Response, float]] = []
 
     def ask(k: int) -> None:
         started = time.monotonic()
-        r = chat(g.tight, g.alice, max_tokens=200, temperature=0.5 + k / 10)
+        r = chat(g.tight, g.alice, max_tokens=480, temperature=1.0 + k / 20)
         answers.append((r, time.monotonic() - started))
 
-    askers = [threading.Thread(target=ask, args=(k,)) for k in range(12)]
-    for t in askers:
-        t.start()
-    for t in askers:
-        t.join(60)
-    codes = sorted(r.status_code for r, _ in answers)
-    assert 429 in codes and 504 in codes and set(codes) <= {200, 429, 504}, codes
+    for _ in range(3):
+        askers = [threading.Thread(target=ask, args=(k,)) for k in range(12)]
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join(60)
+        codes = {r.status_code for r, _ in answers}
+        if {429, 504} <= codes:
+            break
+    assert {429, 504} <= codes <= {200, 429, 504}, codes
     for r, seconds in answers:
         if r.status_code == 429:
             assert r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "rate_limit_exceeded"
