@@ -184,13 +184,18 @@ def test_a_refused_trace_is_dropped_alone_and_the_rest_delivered(guarded, caplog
         for t in batch:  # seven: over the batch limit of 4, one invalid, one over the size limit of one trace
             sink.put(t)
         wait_for(lambda: sink.delivered + sink.refused == len(batch), 30)
+        # A stored trace id sent again with another body is a conflict (409): that trace alone is refused.
+        sink.put(trace(0, messages=[{"role": "user", "content": "changed"}]))
+        sink.put(trace(7))
+        wait_for(lambda: sink.delivered + sink.refused == len(batch) + 2, 30)
         sink.close()
-    assert (sink.delivered, sink.refused) == (5, 2)
+    assert (sink.delivered, sink.refused) == (6, 3)
     stored = {t["trace_id"] for t in traces_of(g.service)}
-    assert {f"sink-{n}" for n in (0, 2, 4, 5, 6)} <= stored and not {"sink-1", "sink-3"} & stored
+    assert {f"sink-{n}" for n in (0, 2, 4, 5, 6, 7)} <= stored and not {"sink-1", "sink-3"} & stored
     refusals = [r.getMessage() for r in caplog.records if "refused trace" in r.getMessage()]
     assert any("'sink-1'" in m and "traces.1.messages.0.role" in m for m in refusals), refusals
     assert any("'sink-3'" in m and "FLYWHEEL_MAX_TRACE_BYTES" in m for m in refusals), refusals
+    assert any("'sink-0'" in m and "traces.0.messages" in m for m in refusals), refusals
 
 
 def test_every_request_is_bounded(guarded):
