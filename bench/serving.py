@@ -49,7 +49,9 @@ def register(database_url: str, model: str) -> None:
         team = s.scalar(select(Team))
         spec = parse_spec({"name": "bench", "model": {"path": model}, "rewards": [{"name": "resolution"}],
                            "environment": {"name": "support_desk"}}).model_dump(mode="json")
-        job = Job(team_id=team.id, name="bench", state=JobState.running, spec=spec, steps=1)
+        # The model's folder is the job's run folder: an export must lie inside its job's.
+        job = Job(team_id=team.id, name="bench", state=JobState.running, spec=spec, steps=1,
+                  run_dir=str(Path(model).resolve()))
         s.add(job)
         s.commit()
         logic.record_report(s, job, NumberedFinished(seq=1, data=FinishedData(export_dir=str(Path(model).resolve()))))
@@ -57,14 +59,15 @@ def register(database_url: str, model: str) -> None:
         s.commit()
 
 
-def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int) -> dict[str, float]:
+def load(base_url: str, model: str, clients: int, requests: int, max_tokens: int,
+         api_key: str = "unused") -> dict[str, float]:
     from openai import OpenAI
 
     latencies, firsts, tokens, errors = [], [], [], []
     openings = [make_ticket(9_000_000 + i).opening for i in range(clients * requests)]
 
     def client(c: int) -> None:
-        api = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+        api = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
         for r in range(requests):
             t0, first, count = time.perf_counter(), None, 0
             try:
@@ -113,15 +116,16 @@ def main() -> None:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             model_id = c.get("/v1/models").json()["models"][0]["id"]
             c.post("/v1/deployments", json={"name": "bench", "model": model_id}).raise_for_status()
+            caller = c.post("/v1/deployments/bench/keys", json={"name": "bench"}).json()["key"]
         port = free_port()
         env = {**os.environ, "FLYWHEEL_URL": url, "FLYWHEEL_API_KEY": key}
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve-model", "bench", "--port", str(port),
                                  "--engine", a.engine], cwd=ROOT, env=env)
         try:
             wait_ready(f"http://127.0.0.1:{port}/healthz", proc, "flywheel serve-model", 600)
-            load(f"http://127.0.0.1:{port}/v1", "bench", 2, 2, a.max_tokens)  # warm-up
+            load(f"http://127.0.0.1:{port}/v1", "bench", 2, 2, a.max_tokens, caller)  # warm-up
             results[f"flywheel serve-model ({a.engine})"] = load(f"http://127.0.0.1:{port}/v1", "bench", a.clients,
-                                                                 a.requests, a.max_tokens)
+                                                                 a.requests, a.max_tokens, caller)
         finally:
             proc.terminate()
             proc.wait(60)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.routing import Match
+
 from service.core import errors
 
 MAX_DEPTH = 32
@@ -82,6 +84,12 @@ def problem(body: bytes) -> tuple[str, str] | None:
     return None
 
 
+def _routed(scope) -> bool:
+    """Whether a route takes this method on this path: a body sent where none is taken gets the
+    router's own 404 or 405, whatever it holds."""
+    return any(route.matches(scope)[0] == Match.FULL for route in scope["app"].router.routes)
+
+
 class BodyLimit:
     """413 for a request body over the limit, whether it declares its length or streams it: the
     body is read (up to the limit) before the app sees it, checked (`problem`), then replayed.
@@ -92,7 +100,7 @@ class BodyLimit:
         self.default = (limit, "FLYWHEEL_MAX_BODY_BYTES")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit, setting = self.paths.get(scope["path"], self.default)
         too_large = errors.json_error(413, "body_too_large",
@@ -111,7 +119,7 @@ class BodyLimit:
             if size > limit:
                 return await too_large(scope, receive, send)
         body, replayed = b"".join(chunks), False
-        if body and (found := problem(body)) is not None:
+        if body and _routed(scope) and (found := problem(body)) is not None:
             field, what = found
             refusal = errors.json_error(422, "invalid_request", f"{field}: {what}", field,
                                         [{"field": field, "message": what}])
