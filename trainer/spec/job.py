@@ -301,6 +301,10 @@ class ScheduleSpec(StrictModel):
     """How long the job waits for the cluster to place its actors, at its start and at each
     restart, before it fails naming what it needs (and the node that had it, where one died)."""
 
+    max_wall_clock_s: float | None = Field(default=None, gt=0, le=90 * 24 * 3600)
+    """Stop the job (failed) once it has run this long; the service's limit applies when it is
+    shorter (FLYWHEEL_MAX_JOB_WALL_CLOCK_S)."""
+
 
 class WarmStartSpec(StrictModel):
     data: str = Field(min_length=1)
