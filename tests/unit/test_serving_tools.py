@@ -20,15 +20,21 @@ def test_a_call_line_is_an_openai_tool_call_and_renders_back_to_the_same_line():
     assert reply_message("lookup_order(order_id", "call")["content"] == "lookup_order(order_id"  # malformed: text
 
 
+def read_as(messages: list[dict]) -> list[dict]:
+    """The messages as the model read them (the server's `texts`)."""
+    return [as_model_text(m, "call") for m in messages]
+
+
 def test_a_logged_conversation_keeps_the_logprobs_of_the_replies_sent_back_unchanged():
     conversation = Conversation("conv-1", "mdl_0000000000000001")
     sampled = {"token_ids": [5, 6, 2], "logprobs": [-0.5, -0.25, -0.1]}
     first = reply_message("verify_identity(email=a@b.c)", "call")
-    conversation.record([{"role": "user", "content": "Reset my password"}], first, "verify_identity(email=a@b.c)",
-                        sampled["token_ids"], sampled["logprobs"])
-    request = [{"role": "user", "content": "Reset my password"}, first,
-               {"role": "tool", "tool_call_id": first["tool_calls"][0]["id"], "content": "verified"}]
-    conversation.record(request, {"role": "assistant", "content": "Done."}, "Done.", [9, 2], [-0.3, -0.01])
+    opening = [{"role": "user", "content": "Reset my password"}]
+    conversation.record(opening, read_as(opening), first, "verify_identity(email=a@b.c)", sampled["token_ids"],
+                        sampled["logprobs"])
+    request = [*opening, first, {"role": "tool", "tool_call_id": first["tool_calls"][0]["id"], "content": "verified"}]
+    conversation.record(request, read_as(request), {"role": "assistant", "content": "Done."}, "Done.", [9, 2],
+                        [-0.3, -0.01])
     trace = conversation.trace("support-agent", "call")
     assert trace["trace_id"] == "conv-1" and trace["model_version"] == "mdl_0000000000000001"
     assert [m["role"] for m in trace["messages"]] == ["user", "assistant", "tool", "assistant"]
