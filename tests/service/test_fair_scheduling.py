@@ -115,3 +115,24 @@ def test_a_job_ray_never_got_is_queued_again_under_the_same_id_and_a_long_one_is
             time.sleep(0.5)
     finally:
         launcher.stop(ids[0])
+
+
+@pytest.mark.one_store
+def test_a_teams_queue_is_capped_and_its_positions_are_its_own(client, teams, tiny_model):
+    keys = {team: teams.key(team)[0] for team in ("a", "b")}
+    spec = {"name": "waits", "model": {"path": str(tiny_model)},
+            "environment": {"name": "dataset", "config": {"train": str(DIGITS)}},
+            "rewards": [{"name": "regex", "config": {"pattern": "[0-9]+"}}]}
+    with teams.sessions() as s:
+        a, b = (s.query(Team).filter_by(name=n).one() for n in ("a", "b"))
+        a.max_queued_jobs = 3
+        for _ in range(3):
+            logic.create_job(s, a, parse_spec(spec), "runs")
+        s.commit()
+        mine = logic.create_job(s, b, parse_spec(spec), "runs")[0].id
+    refused = client.post("/v1/jobs", json=spec, headers=auth(keys["a"]))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_queued"
+    assert "MAX_QUEUED_JOBS_PER_TEAM" in refused.json()["error"]["message"]
+    # b's first job is first in b's queue: a's three waiting jobs are not counted, nor shown.
+    assert client.get(f"/v1/jobs/{mine}", headers=auth(keys["b"])).json()["queue_position"] == 1
+    assert [j["queue_position"] for j in client.get("/v1/jobs", headers=auth(keys["a"])).json()["jobs"]] == [3, 2, 1]
