@@ -181,11 +181,12 @@ class Scheduler:
                              error="the service has no record of the Ray job running this job")
 
     def _past_wall_clock(self, session, job: Job) -> bool:
-        """Stop a job that has run past its wall-clock limit (its spec's, at most the service's)."""
+        """Stop a job that has run past its wall-clock limit (its spec's, at most the service's),
+        counted from when it first started running (a job still waiting for its actors is bounded
+        by `schedule.placement_timeout_s`)."""
         limit = min(filter(None, [self.settings.max_job_wall_clock_s,
                                   job.spec.get("schedule", {}).get("max_wall_clock_s")]))
-        began = job.started_at or job.created_at
-        if (now() - began).total_seconds() <= limit:
+        if job.started_at is None or (now() - job.started_at).total_seconds() <= limit:
             return False
         self.launcher.stop(job.ray_job_id)
         logic.transition(session, job, JobState.failed, "stopped at its wall-clock limit",
