@@ -59,6 +59,10 @@ def _reported_failure(session, job: Job) -> str | None:
 
 
 LEASE = "scheduler"
+SUBMIT_GRACE_S = 90.0
+"""How long a job recorded as starting may be missing from Ray before it is taken as never
+submitted: longer than a submission can take (the launcher waits up to 60 s for a new head's
+job agent), so a scheduler that lost its lease mid-submission is not raced."""
 
 
 def submission_id(job: Job) -> str:
@@ -174,6 +178,10 @@ class Scheduler:
         the launch and submitting it): queued again, to be submitted under the same id. One
         recorded as running with no Ray job cannot be told apart from a lost one: failed."""
         if job.state == JobState.starting:
+            launched = session.scalar(select(func.max(JobEvent.created_at)).where(
+                JobEvent.job_id == job.id, JobEvent.kind == JobState.starting.value))
+            if launched is not None and (now() - launched).total_seconds() < SUBMIT_GRACE_S:
+                return  # another scheduler may still be submitting it (its lease ran out meanwhile)
             logic.transition(session, job, JobState.queued, "queued again: the service stopped before Ray got the job")
             job.ray_job_id = None
         else:

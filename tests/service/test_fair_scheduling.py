@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.core.states import JobState
-from service.core.store import Job, Team
+from service.core.store import Job, JobEvent, Team
 from service.jobs import logic
 from service.jobs.launcher import RayJobsLauncher
-from service.jobs.scheduler import Scheduler, next_job, submission_id
+from service.jobs.scheduler import SUBMIT_GRACE_S, Scheduler, next_job, submission_id
 from service.main import PROJECT_DIR
 from tests.conftest import DIGITS
 from tests.service.conftest import auth
@@ -92,6 +92,12 @@ def test_a_job_ray_never_got_is_queued_again_under_the_same_id_and_a_long_one_is
         crashed.ray_job_id = submission_id(crashed)
         s.commit()
         ids = crashed.id, legacy.id
+    scheduler.reconcile()  # within the grace a submission may take: left alone
+    with teams.sessions() as s:
+        assert [s.get(Job, i).state for i in ids] == ["starting", "starting"]
+        for event in s.query(JobEvent).filter(JobEvent.job_id.in_(ids), JobEvent.kind == "starting"):
+            event.created_at -= timedelta(seconds=SUBMIT_GRACE_S + 1)
+        s.commit()
     assert launcher.status(ids[0]).state == "MISSING"
     scheduler.reconcile()
     with teams.sessions() as s:
