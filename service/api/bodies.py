@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.routing import Match
 
@@ -84,6 +85,17 @@ def problem(body: bytes) -> tuple[str, str] | None:
     return None
 
 
+def _nul_in_url(scope) -> str | None:
+    """The first part of the URL (`path`, or `query.NAME`) holding a NUL: Postgres refuses it in
+    a query, so it would fail there rather than be answered."""
+    if "\x00" in scope["path"]:
+        return "path"
+    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return f"query.{name.replace(chr(0), '')}"
+    return None
+
+
 def _routed(scope) -> bool:
     """Whether a route takes this method on this path: a body sent where none is taken gets the
     router's own 404 or 405, whatever it holds."""
@@ -100,6 +112,10 @@ class BodyLimit:
         self.default = (limit, "FLYWHEEL_MAX_BODY_BYTES")
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (field := _nul_in_url(scope)) is not None:
+            refusal = errors.json_error(422, "invalid_request", f"{field}: contains a NUL character (%00), which "
+                                        "no name or id here may hold", field)
+            return await refusal(scope, receive, send)
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit, setting = self.paths.get(scope["path"], self.default)

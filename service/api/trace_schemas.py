@@ -22,8 +22,9 @@ from environments.snapshot import UtcTime
 TRACE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 LabelValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=200)] | None
-Outcome = dict[Annotated[str, Field(min_length=1, max_length=100)], LabelValue]
-"""Outcome labels: `{"outcome": "resolved"}`, `{"accepted": false}`, `{"csat": 4.5}`."""
+MAX_LABELS = 64
+Outcome = Annotated[dict[Annotated[str, Field(min_length=1, max_length=100)], LabelValue], Field(max_length=MAX_LABELS)]
+"""Outcome labels: `{"outcome": "resolved"}`, `{"accepted": false}`, `{"csat": 4.5}`; at most 64."""
 
 
 class _Closed(BaseModel):
@@ -121,7 +122,8 @@ class TraceOut(BaseModel):
     received_at: datetime
     outcome_at: datetime | None
     outcome_history: list[OutcomeChange] | None = None
-    """Every change to the outcome, oldest first (`GET /v1/traces/{trace_id}` only)."""
+    """The latest 100 changes to the outcome, oldest first (`GET /v1/traces/{trace_id}` only; the
+    store keeps every one)."""
 
 
 class OutcomeChange(BaseModel):

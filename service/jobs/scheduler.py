@@ -249,7 +249,7 @@ class Scheduler:
                     self.launcher.stop(job.ray_job_id)
                 logic.transition(session, job, JobState.cancelled, "cancelled: the service stopped with --stop-jobs")
             session.commit()
-        head.stop()
+        head.stop(grace_s=5)  # nothing of it is needed any more: SIGTERM stops the service promptly
 
     async def run_forever(self) -> None:
         while True:

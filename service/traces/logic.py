@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -185,22 +186,34 @@ def owned_trace(session: Session, team_id: str, trace_id: str) -> Trace:
     return row
 
 
-def set_outcome(session: Session, trace: Trace, outcome: dict[str, Any], replace: bool, by: str | None) -> Trace:
+def set_outcome(session: Session, trace: Trace, outcome: dict[str, Any], replace: bool, by: str | None,
+                quota: int | None = None) -> Trace:
     """Merge (or with `replace`, set) the trace's labels; the change is kept in its history, with
-    the API key (its prefix) that made it."""
+    the API key (its prefix) that made it, and its bytes count against the team's trace storage
+    (`quota`: a change that would pass it is a 413)."""
     old = trace.outcome
     trace.outcome = dict(outcome) if replace else {**(old or {}), **outcome}
     trace.outcome_at = now()
     if trace.outcome != old:
+        added = len(json.dumps(old)) + len(json.dumps(trace.outcome))  # the history row keeps both
+        used = session.scalar(update(Team).where(Team.id == trace.team_id)
+                              .values(trace_bytes=Team.trace_bytes + added).returning(Team.trace_bytes))
+        if quota is not None and used > quota:
+            session.rollback()
+            raise ApiError(413, "trace_quota", f"outcome: this change adds {added:,} bytes to the team's traces, "
+                           f"which would store {used:,}, over its limit of {quota:,} "
+                           "(FLYWHEEL_MAX_TRACE_BYTES_PER_TEAM, or the team's own max_trace_bytes)", "outcome")
         session.add(TraceOutcomeChange(trace_row_id=trace.id, key_prefix=by, old=old, new=trace.outcome,
                                        changed_at=trace.outcome_at))
     session.commit()
     return trace
 
 
-def outcome_history(session: Session, trace: Trace) -> list[TraceOutcomeChange]:
-    return list(session.scalars(select(TraceOutcomeChange).where(TraceOutcomeChange.trace_row_id == trace.id)
-                                .order_by(TraceOutcomeChange.id)))
+def outcome_history(session: Session, trace: Trace, latest: int = 100) -> list[TraceOutcomeChange]:
+    """The trace's latest outcome changes, oldest first."""
+    rows = session.scalars(select(TraceOutcomeChange).where(TraceOutcomeChange.trace_row_id == trace.id)
+                           .order_by(TraceOutcomeChange.id.desc()).limit(latest))
+    return list(reversed(list(rows)))
 
 
 # ── reads ─────────────────────────────────────────────────────────────────────────────────────

@@ -93,3 +93,14 @@ def test_a_time_its_zone_pushes_out_of_the_calendar_is_422(alice):
     spec["environment"]["config"]["select"]["since"] = "0001-01-01T00:00:00+14:00"
     r = alice.post("/v1/jobs", json=spec)
     assert r.status_code == 422 and r.json()["error"]["field"].endswith("select.since"), r.text
+
+
+def test_a_nul_in_a_query_or_a_path_is_422(alice):
+    """Postgres refuses NUL in a query's text: it is refused before any store sees it."""
+    for params, field in (({"model": "\x00"}, "query.model"), ({"label": "a\x00b"}, "query.label")):
+        path = "/v1/traces/stats" if "label" in params else "/v1/traces"
+        r = alice.get(path, params=params)
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    for path in ("/v1/jobs/job%00x", "/v1/models/m%00", "/v1/deployments/d%00/keys"):
+        r = alice.get(path)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "path", (path, r.text)

@@ -64,6 +64,12 @@ def test_a_teams_trace_storage_is_bounded(alice, teams):
     assert len(alice.get("/v1/traces").json()["traces"]) == 2
     other = teams.key("bob")[0]  # another team's quota is its own
     assert alice.post("/v1/traces", json={"traces": [trace("c-3")]}, headers=auth(other)).status_code == 201
+    # Outcomes count too: each change is kept (old and new), so rewrites cannot grow a team's storage.
+    big = {f"label{i}": "x" * 200 for i in range(60)}
+    r = alice.post("/v1/traces/c-1/outcome", json={"outcome": big})
+    assert r.status_code == 413 and r.json()["error"]["field"] == "outcome"
+    too_many = alice.post("/v1/traces/c-1/outcome", json={"outcome": {f"k{i}": 1 for i in range(65)}})
+    assert too_many.status_code == 422 and too_many.json()["error"]["field"] == "outcome"
 
 
 @pytest.mark.one_store

@@ -23,7 +23,7 @@ from service.api.trace_schemas import (
     TraceStats,
 )
 from service.core.errors import ApiError
-from service.core.store import Trace
+from service.core.store import Team, Trace
 from service.traces import logic
 
 router = APIRouter(prefix="/v1/traces", tags=["traces"])
@@ -125,8 +125,11 @@ def get(session: SessionDep, team: TeamDep, trace_id: TraceId) -> TraceOut:
 
 
 @router.post("/{trace_id}/outcome", response_model=TraceOut)
-def outcome(session: SessionDep, key: KeyDep, trace_id: TraceId, body: OutcomeIn) -> TraceOut:
+def outcome(request: Request, session: SessionDep, key: KeyDep, trace_id: TraceId, body: OutcomeIn) -> TraceOut:
     """Report (or correct) a trace's outcome once it is known: merged into its labels, or with
     `replace` instead of them. Every change is kept in the trace's `outcome_history`."""
     trace = logic.owned_trace(session, key.team_id, trace_id)
-    return trace_out(logic.set_outcome(session, trace, body.outcome, body.replace, key.prefix))
+    team = session.get(Team, key.team_id)
+    quota = team.max_trace_bytes if team.max_trace_bytes is not None else \
+        request.app.state.settings.max_trace_bytes_per_team
+    return trace_out(logic.set_outcome(session, trace, body.outcome, body.replace, key.prefix, quota))
