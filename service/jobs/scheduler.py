@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import socket
+import sys
 import uuid
 from datetime import UTC, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -38,6 +40,20 @@ def cluster_failure(message: str) -> bool:
     (its exit status), or the job ended with no exit status at all (its node or supervisor died)."""
     code = EXIT_CODE.search(message)
     return code is None or int(code.group(1)) == EXIT_CLUSTER_FAILURE
+
+
+INSTALL_PATHS = sorted({str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix,
+                        str(Path.home())}, key=len, reverse=True)
+SITE_PACKAGES = re.compile(r"[^\s\"'()]*/(site|dist)-packages/")
+
+
+def without_paths(text: str) -> str:
+    """A job's failure as its team reads it: the tail of its own log, with where the service and
+    its Python are installed left out (`<site-packages>/`, `<install>`)."""
+    text = SITE_PACKAGES.sub("<site-packages>/", text)
+    for path in INSTALL_PATHS:
+        text = text.replace(path, "<install>")
+    return text.strip()
 
 
 def _last_service_event(session, job: Job) -> str | None:
@@ -149,7 +165,7 @@ class Scheduler:
                     target = RAY_TERMINAL[status.state]
                     error = None
                     if target == JobState.failed:
-                        error = (status.message + "\n" + self.launcher.logs_tail(job.ray_job_id)).strip()
+                        error = without_paths(status.message + "\n" + self.launcher.logs_tail(job.ray_job_id))
                         if self._restart(session, job, error, status.message):
                             session.commit()
                             continue
@@ -231,7 +247,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason; the service goes on
             log.warning("launch of job %s failed", job.id, exc_info=exc)
             logic.transition(session, job, JobState.failed, "launch failed",
-                             error=f"launch failed: {type(exc).__name__}: {str(exc)[:500]}")
+                             error=without_paths(f"launch failed: {type(exc).__name__}: {str(exc)[:500]}"))
         session.commit()
 
     def on_shutdown(self, head, stop_jobs: bool) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import httpx
 import psutil
 import pytest
 
+from tests.conftest import ROOT
 from tests.service.conftest import Teams, auth
 from tests.service.test_service_e2e import Service, spec, wait_for
 
@@ -86,3 +88,5 @@ def test_a_job_past_its_restarts_fails_with_the_reason(settings, tiny_model):
     finally:
         service.stop()
     assert "the cluster failed under the run" in got["error"] and "exit code 3" in got["error"]
+    # The tail of its own log, without where the service and its Python are installed.
+    assert str(ROOT) not in got["error"] and sys.prefix not in got["error"], got["error"]
