@@ -10,7 +10,6 @@ is told each field before its check starts, so a check that hangs can be named.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from environments import build as build_environment
 from rewards.base import RewardConfigError
 from rewards.registry import BUILTINS, UnknownRewardError, load
 from trainer.driver import outcomes
-from trainer.driver.demonstrations import ROLES, DemonstrationError
+from trainer.driver.demonstrations import DemonstrationError, iter_demonstrations
 from trainer.driver.offline import TraceLayoutError, prepare
 from trainer.driver.outcomes import OutcomeLabelError
 from trainer.spec import JobSpec, SpecError
@@ -96,38 +95,10 @@ def check_data_roots(spec: JobSpec, roots: list[str]) -> None:
 
 
 def check_demonstrations(path: str, limit_mb: int) -> None:
-    """The warm start's demonstrations, by the rules of `trainer.driver.demonstrations`, read one
-    line at a time (a check holds one conversation, not the file) after the file's size is checked."""
-    file = Path(path)
-    if not file.is_file():
-        raise DemonstrationError(f"no such file: {path}")
-    size = file.stat().st_size
-    if size > limit_mb << 20:
-        raise DemonstrationError(f"{path} is {size / 2**20:,.1f} MiB, over the demonstrations limit of "
-                                 f"{limit_mb:,} MiB (warm_start.max_file_mb): raise it where the trainer's "
-                                 "machines hold them in memory, or use a smaller file")
-    chats = 0
-    with file.open("rb") as lines:
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:  # not JSON, or not UTF-8
-                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-                raise DemonstrationError(f"{where}: not JSON ({reason})") from None
-            messages = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise DemonstrationError(f"{where}: expected an object with a non-empty `messages` list")
-            for i, m in enumerate(messages):
-                if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-                    raise DemonstrationError(f"{where}: messages.{i} must be {{role: {'|'.join(ROLES)}, content: str}}")
-            if messages[0]["role"] == "assistant" or not any(m["role"] == "assistant" for m in messages):
-                raise DemonstrationError(f"{where}: expected context messages, then at least one assistant message")
-            chats += 1
-    if not chats:
-        raise DemonstrationError(f"{path} holds no conversations")
+    """The warm start's demonstrations, every line read and checked as the trainer reads them,
+    none kept."""
+    for _ in iter_demonstrations(path, limit_mb):
+        pass
 
 
 def preflight(spec: JobSpec, progress: Progress = _silent):

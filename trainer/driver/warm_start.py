@@ -28,7 +28,7 @@ def warm_start(actors: JobActors, spec: JobSpec, echo, reporter) -> dict[str, fl
 
     ws = spec.warm_start
     tok = AutoTokenizer.from_pretrained(spec.model.path)
-    chats = read_demonstrations(ws.data)
+    chats = read_demonstrations(ws.data, ws.max_file_mb)
     batch = spec.rollout.prompts_per_step * spec.algorithm.group_size // spec.mini_batches
     steps = max(1, round(ws.epochs * len(chats) / batch))
     order = torch.randperm(len(chats), generator=torch.Generator().manual_seed(spec.schedule.seed)).tolist()
