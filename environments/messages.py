@@ -62,3 +62,16 @@ def message_text(message: dict[str, Any], tool_calls: str = "json") -> str:
     elif calls:
         content = (content or "") + json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls])
     return content or ""
+
+
+def unstorable_text(text: str) -> str | None:
+    """Why `text` cannot be kept in a trace (the store refuses a NUL, and a lone UTF-16 surrogate is
+    not Unicode text); None when it can. The control plane refuses such a request body, the model
+    server such a request."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which the store cannot keep"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone UTF-16 surrogate (such as \\ud800): not valid Unicode text"
+    return None

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from environments.messages import unstorable_text
+
 
 class _Part(BaseModel):
     type: Literal["text"]
@@ -70,12 +72,8 @@ def unstorable(value: Any, where: str) -> tuple[str, str] | None:
     """(field, why) for the first string a trace cannot carry (the control plane refuses NUL
     characters and lone UTF-16 surrogates); None when every one is fine."""
     if isinstance(value, str):
-        if "\x00" in value:
-            return where, "contains a NUL character (\\u0000)"
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return where, "contains a lone UTF-16 surrogate (such as \\ud800): not valid Unicode text"
+        if (why := unstorable_text(value)) is not None:
+            return where, why
     elif isinstance(value, dict | list):
         for k, v in value.items() if isinstance(value, dict) else enumerate(value):
             if (found := unstorable(v, f"{where}.{k}")) is not None:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 from starlette.routing import Match
 
+from environments.messages import unstorable_text
 from service.core import errors
 
 MAX_DEPTH = 32
@@ -46,16 +47,6 @@ def _parse_constant(text: str) -> _Bad:
     return _Bad(f"{text} is not a JSON number; send null for a missing value")
 
 
-def _string_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "contains a NUL character (\\u0000), which the store cannot keep"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "contains a lone UTF-16 surrogate (such as \\ud800): not valid Unicode text"
-    return None
-
-
 def problem(body: bytes) -> tuple[str, str] | None:
     """(field, what is wrong) for the first value in a JSON body the service cannot keep; None when
     every value is fine, or the body is not JSON at all (the route's own parser answers that)."""
@@ -72,14 +63,14 @@ def problem(body: bytes) -> tuple[str, str] | None:
         if isinstance(node, _Bad):
             return where, node.problem
         if isinstance(node, str):
-            if (bad := _string_problem(node)) is not None:
+            if (bad := unstorable_text(node)) is not None:
                 return where, bad
         elif isinstance(node, dict | list):
             if depth >= MAX_DEPTH:
                 return where, f"nested deeper than {MAX_DEPTH} levels of arrays and objects"
             items = node.items() if isinstance(node, dict) else enumerate(node)
             for key, child in reversed(list(items)):
-                if isinstance(key, str) and (bad := _string_problem(key)) is not None:
+                if isinstance(key, str) and (bad := unstorable_text(key)) is not None:
                     return ".".join([*path, repr(key)[1:-1]]), f"a key that {bad}"
                 stack.append(([*path, str(key)], child, depth + 1))
     return None
