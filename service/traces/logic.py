@@ -115,10 +115,11 @@ def _conflict(t: TraceIn, stored: dict[str, Any], stored_outcome: dict | None, s
     return None
 
 
-def _conflicts(session: Session, team_id: str, traces: list[TraceIn]) -> None:
+def _conflicts(session: Session, team_id: str, traces: list[TraceIn], inserted: set[str]) -> None:
     """409 naming the first trace whose id this team stored (or sent earlier in the batch) with a
-    different body: a resend must be the same trace, or it would be silently dropped."""
-    ids = list({t.trace_id for t in traces})
+    different body: a resend must be the same trace, or it would be silently dropped. Only the ids
+    the batch did not insert just now are read back, so a batch of new traces costs no query."""
+    ids = list({t.trace_id for t in traces} - inserted)
     stored: dict[str, tuple[dict, dict | None, datetime | None]] = {}
     for start in range(0, len(ids), INSERT_CHUNK):
         for row in session.scalars(select(Trace).where(Trace.team_id == team_id,
@@ -145,7 +146,6 @@ def ingest(session: Session, team_id: str, traces: list[TraceIn], quota: int | N
     """Store every trace whose id this team has not stored yet, in one transaction; returns the ids
     that were duplicates (already stored, or earlier in this batch). A resend with a different body
     is a 409; with `quota`, a batch that would take the team's stored bytes past it is a 413."""
-    _conflicts(session, team_id, traces)
     received, rows, seen, sizes = now(), [], set(), {}
     for t in traces:
         if t.trace_id in seen:
@@ -162,6 +162,11 @@ def ingest(session: Session, team_id: str, traces: list[TraceIn], quota: int | N
         stmt = (insert(Trace).values(rows[start:start + INSERT_CHUNK])
                 .on_conflict_do_nothing(index_elements=["team_id", "trace_id"]).returning(Trace.trace_id))
         stored.update(session.scalars(stmt))
+    try:
+        _conflicts(session, team_id, traces, stored)
+    except ApiError:
+        session.rollback()  # nothing of the batch is kept
+        raise
     added = sum(sizes[i] for i in stored)
     used = session.scalar(update(Team).where(Team.id == team_id).values(trace_bytes=Team.trace_bytes + added)
                           .returning(Team.trace_bytes))
